@@ -1,0 +1,84 @@
+"""Results with provenance: every reproduced number comes from a JSON file in ``data/results/``.
+
+A result records the command, the git commit, the device, the date, the wall time and the full
+configuration of the run that produced it, so a reader can trace a number in the book to a run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "data" / "results"
+REQUIRED = ("name", "command", "commit", "device", "date", "wall_time_s", "config", "metrics")
+
+
+def git_commit() -> str:
+    """The current commit (with ``+dirty`` if the tree has changes), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def describe_device(device: torch.device | str) -> str:
+    """A human-readable device name, e.g. ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: x86_64, 2 threads``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], wall_time_s: float,
+                device: torch.device | str, command: str | None = None,
+                directory: Path | str | None = None) -> Path:
+    """Write ``<directory>/<name>.json`` with provenance and return its path."""
+    directory = Path(directory) if directory is not None else RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {
+        "name": name,
+        "command": command if command is not None else " ".join([Path(sys.executable).name] + sys.argv),
+        "commit": git_commit(),
+        "device": describe_device(device),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(float(wall_time_s), 3),
+        "torch": torch.__version__,
+        "config": config,
+        "metrics": metrics,
+    }
+    path = directory / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    return path
+
+
+def load_result(path: Path | str) -> dict[str, Any]:
+    """Read a result and check that its provenance fields are present."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run the experiment") from err
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"{path} lacks provenance fields {missing}; re-run the experiment to regenerate it")
+    return record
+
+
+def load_results(prefix: str = "", directory: Path | str | None = None) -> list[dict[str, Any]]:
+    """All results whose file name starts with ``prefix``, sorted by name."""
+    directory = Path(directory) if directory is not None else RESULTS_DIR
+    return [load_result(p) for p in sorted(directory.glob(f"{prefix}*.json"))]
