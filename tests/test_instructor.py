@@ -1,0 +1,111 @@
+"""Tests of the solution-stripping tool (flowbook/instructor.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowbook.instructor import count_solutions, strip_notebook
+
+CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+
+def make_notebook() -> dict:
+    """A small nbformat-4 notebook: exercise, tagged solution, code with output, untagged markdown."""
+    def md(text, tags=None):
+        cell = {"cell_type": "markdown", "metadata": {}, "source": text}
+        if tags is not None:
+            cell["metadata"]["tags"] = tags
+        return cell
+
+    return {
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                     "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}}}},
+        "cells": [
+            md("# Title"),
+            md("**Exercise 1.** Show that det(I + u w^T) = 1 + w^T u."),
+            md("```{admonition} Solution\n:class: dropdown\nMatrix determinant lemma.\n```", ["solution"]),
+            {"cell_type": "code", "execution_count": 3, "metadata": {"tags": ["hide-input"]},
+             "source": "print(1 + 1)",
+             "outputs": [{"output_type": "stream", "name": "stdout", "text": "2\n"}]},
+            md("Solution-like words in an untagged cell stay: solution", ["hide-input", "other"]),
+            md("Second solution", ["remove-cell", "solution"]),
+        ],
+    }
+
+
+def test_strip_removes_exactly_the_tagged_cells():
+    nb = make_notebook()
+    assert count_solutions(nb) == 2
+    out = strip_notebook(nb)
+    assert count_solutions(out) == 0
+    assert len(out["cells"]) == 4
+    assert [c["source"] for c in out["cells"]] == [nb["cells"][i]["source"] for i in (0, 1, 3, 4)]
+    # outputs are kept unless asked for, and the input is not modified
+    assert out["cells"][2]["outputs"][0]["text"] == "2\n"
+    assert len(nb["cells"]) == 6
+
+
+def test_strip_clear_outputs():
+    out = strip_notebook(make_notebook(), clear_outputs=True)
+    code = [c for c in out["cells"] if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    assert "widgets" not in out["metadata"]
+
+
+def test_strip_rejects_non_notebook():
+    with pytest.raises(ValueError, match="not a Jupyter notebook"):
+        strip_notebook({"foo": 1})
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowbook.instructor", *args],
+                          capture_output=True, text=True)
+
+
+def test_cli_writes_valid_stripped_copies(tmp_path):
+    src = tmp_path / "src" / "99_demo.ipynb"
+    src.parent.mkdir()
+    src.write_text(json.dumps(make_notebook()))
+    out_dir = tmp_path / "handout"
+    proc = run_cli("strip", str(src), "--out", str(out_dir), "--clear-outputs")
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 2 cell(s)" in proc.stdout
+    written = json.loads((out_dir / "99_demo.ipynb").read_text())
+    assert count_solutions(written) == 0 and len(written["cells"]) == 4
+    assert written["cells"][2]["outputs"] == []
+    # the source is untouched
+    assert count_solutions(json.loads(src.read_text())) == 2
+    nbformat = pytest.importorskip("nbformat")
+    nbformat.validate(nbformat.reads((out_dir / "99_demo.ipynb").read_text(), as_version=4))
+
+
+def test_cli_refuses_to_overwrite_source(tmp_path):
+    src = tmp_path / "nb.ipynb"
+    src.write_text(json.dumps(make_notebook()))
+    proc = run_cli("strip", str(src), "--out", str(tmp_path))
+    assert proc.returncode != 0 and "refusing to overwrite" in proc.stderr
+    assert count_solutions(json.loads(src.read_text())) == 2
+
+
+def test_cli_reports_unreadable_input(tmp_path):
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text("not json")
+    proc = run_cli("strip", str(bad), "--out", str(tmp_path / "o"))
+    assert proc.returncode != 0 and "cannot read notebook" in proc.stderr
+
+
+@pytest.mark.skipif(not CHAPTERS, reason="no chapter notebooks yet")
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_real_chapter_has_solutions_and_strips_clean(chapter, tmp_path):
+    nb = json.loads(chapter.read_text())
+    assert count_solutions(nb) >= 3, f"{chapter.name}: CONTRIBUTING asks for >= 3 solution cells"
+    proc = run_cli("strip", str(chapter), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    stripped = json.loads((tmp_path / chapter.name).read_text())
+    assert count_solutions(stripped) == 0
+    assert len(stripped["cells"]) == len(nb["cells"]) - count_solutions(nb)
