@@ -411,8 +411,12 @@ def _build_sampled(root: Path, seed: int, download: bool) -> Path:
     x_train, _ = load_mnist("train", root, download=download)
     x_test, _ = load_mnist("test", root, download=download)
     b = sample_static_binarization(np.concatenate([x_train.numpy(), x_test.numpy()]), seed)
+    n_train, n_valid = BINARIZED_SIZES["train"], BINARIZED_SIZES["valid"]
+    if len(x_train) != n_train + n_valid:
+        raise DataFileError(f"MNIST has {len(x_train)} training images, expected {n_train + n_valid}")
     path = root / _sampled_name(seed)
-    _write_npz(path, [("x_train", b[:50000]), ("x_valid", b[50000:60000]), ("x_test", b[60000:])])
+    _write_npz(path, [("x_train", b[:n_train]), ("x_valid", b[n_train:n_train + n_valid]),
+                      ("x_test", b[n_train + n_valid:])])
     return path
 
 
