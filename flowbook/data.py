@@ -1,4 +1,4 @@
-"""Datasets for the paper's experiments: binarized MNIST (Section 6.2, Table 2) and CIFAR-10 (Table 3).
+"""Datasets for the paper's image experiments (Section 6.2): binarized MNIST (Table 2) and CIFAR-10 (Table 3).
 
 Everything is read from one *data root* (see :func:`data_root`). On the project's offline machines the
 root is built by ``get_datasets.sh`` (shared with the book), which writes ``mnist.npz`` and
@@ -74,7 +74,7 @@ BINARIZED_SAMPLED_SHA256 = "4151e1f8ea2d4f3deed7b58f3dbc98005f8480afadef5e0b392e
 CIFAR10_TRAIN_PATCH_SEED = 0
 CIFAR10_TEST_PATCH_SEED = 2015
 
-GET_DATASETS = "get_datasets.sh"  # shared/datasets/get_datasets.sh next to the repository
+GET_DATASETS = "get_datasets.sh"  # ../shared/datasets/get_datasets.sh, seen from the repository root
 _VERIFIED_LIST = ".verified-sha256"  # written by get_datasets.sh: hashes of verified local builds
 
 
@@ -103,7 +103,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def _offline_hint(root: Path) -> str:
-    return (f"offline, build it with `FLOWBOOK_DATA={root} bash shared/datasets/{GET_DATASETS} {root}` "
+    return (f"offline, build it from the repository root with `bash ../shared/datasets/{GET_DATASETS} {root}` "
             f"(see CONTRIBUTING.md); online, call again with download=True so torchvision downloads it")
 
 
@@ -303,7 +303,7 @@ def torchvision_mnist(split: Literal["train", "test"], root: str | os.PathLike |
         return MNIST(str(_torchvision_root(root)), train=split == "train", download=download, transform=transform)
     except Exception as err:
         raise DataFileError(f"torchvision's MNIST is not available in {_torchvision_root(root)} ({err}); "
-                            f"build the data root with `bash shared/datasets/{GET_DATASETS} {root} --keep-raw` "
+                            f"build the data root with `bash ../shared/datasets/{GET_DATASETS} {root} --keep-raw` "
                             f"or go online and pass download=True.") from err
 
 
@@ -602,10 +602,11 @@ def batches(x: torch.Tensor | Sequence[torch.Tensor], batch_size: int, generator
         raise ValueError(f"batch_size {batch_size} > {n} examples with drop_last=True would yield no batch")
     stop = n - n % batch_size if drop_last else n
     order = torch.randperm(n, generator=generator) if shuffle else None
+    # one copy of the permutation per device, moved once per epoch rather than once per batch
+    orders = {t.device: order.to(t.device) for t in tensors} if order is not None else {}
     for i in range(0, stop, batch_size):
         if order is None:
             out = tuple(t[i:i + batch_size] for t in tensors)  # views, no copy
         else:
-            idx = order[i:i + batch_size]
-            out = tuple(t[idx.to(t.device)] for t in tensors)
+            out = tuple(t[orders[t.device][i:i + batch_size]] for t in tensors)
         yield out[0] if single else out

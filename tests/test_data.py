@@ -333,3 +333,13 @@ def test_batches_errors():
         next(data.batches(torch.zeros(3), 4, torch.Generator()))
     with pytest.raises(ValueError, match="different lengths"):
         next(data.batches((torch.zeros(3), torch.zeros(4)), 2, torch.Generator()))
+
+
+@pytest.mark.skipif(REAL is None or not (REAL / "mnist-idx").is_dir(), reason="needs get_datasets.sh --keep-raw")
+def test_torchvision_fallback_caches_the_reference_bytes(tmp_path):
+    # the online path (torchvision reads the idx files, we cache mnist.npz) writes the same bytes as
+    # get_datasets.sh; the idx files are linked in so that nothing is downloaded
+    (tmp_path / "mnist-idx").symlink_to(REAL / "mnist-idx")
+    data._link_mnist_idx(tmp_path)
+    path = data._mnist_from_torchvision(tmp_path)
+    assert _sha(path) == data.MNIST_NPZ_SHA256
