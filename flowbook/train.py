@@ -1,0 +1,342 @@
+"""Training and evaluation of the DLGM rows of Table 2 (Algorithm 1), with exact resumption.
+
+Protocol (``mode="full"``, the paper's §6.2): RMSprop with learning rate 1e-5 and momentum 0.9,
+minibatches of 100, 500 000 updates, and the annealed free energy of eq. 15 with
+β_t = min(1, 0.01 + t/10 000) multiplying ln p(x, z_K). ``mode="fast"`` is a short schedule for 2 CPU
+cores (:data:`FAST`): a larger learning rate and a shorter annealing, so that a few thousand updates
+learn something real; its numbers are labelled fast mode wherever they appear.
+
+Random numbers. Every random number of a run comes from two sources owned by the trainer: the data
+order, a fresh permutation per epoch drawn from a generator seeded by ``(seed, epoch)`` (so it needs no
+state), and the noise ε of the reparameterization, one ``torch.Generator`` on the run's device whose
+state is checkpointed. All rows of a :class:`~flowbook.models.MultiDLGM` see the same minibatch and
+the same ε (common random numbers: differences between rows are due to the flows, not to luck).
+
+Checkpoints hold the parameters, the optimizer state, the noise generator's state, the update count
+and the training log, written atomically every ``ckpt_every`` updates and when a time budget
+(``max_minutes``) runs out. A run that is killed (even with ``kill -9``) and started again with the
+same command resumes from its last checkpoint and ends with the same parameters, bit for bit on the
+CPU, as a run that never stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import data as fdata
+from .models import DLGM, DLGMConfig, MultiDLGM, PLANAR_IMPL
+from .objectives import beta_schedule, importance_log_marginal
+from .results import save_result
+
+__all__ = ["TrainConfig", "FAST", "FULL", "parse_rows", "build_model", "train", "evaluate", "row_name",
+           "Run", "checkpoint_path"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's result (it is stored in every checkpoint and result)."""
+    rows: tuple[tuple[str, int], ...] = (("planar", 0),)
+    mode: str = "fast"
+    updates: int = 2000
+    batch_size: int = 100
+    optimizer: str = "adam"  # "rmsprop" (the paper) or "adam" (fast mode: see FAST)
+    lr: float = 1e-3
+    momentum: float = 0.9  # RMSprop's momentum; Adam's β1 is torch's default 0.9
+    rms_alpha: float = 0.99  # RMSprop's moving-average constant (torch's default; the paper gives none)
+    beta_start: float = 0.01
+    beta_warmup: float = 500  # β_t = min(1, beta_start + t/beta_warmup)
+    seed: int = 0
+    hidden: int = 400
+    maxout_units: str = "pre_activations"
+    likelihood: str = "bernoulli"
+    dtype: str = "float32"
+    eval_points: int = 1000  # test points evaluated (10 000 = the whole test set)
+    eval_samples: int = 100  # S of the importance-sampled ln p(x) (5000 in the paper)
+    label: str = ""  # e.g. "dry run": appears in the result's name and config
+
+    def model_configs(self) -> list[DLGMConfig]:
+        return [DLGMConfig(flow=f, K=k, hidden=self.hidden, maxout_units=self.maxout_units,  # type: ignore[arg-type]
+                           likelihood=self.likelihood, seed=self.seed) for f, k in self.rows]  # type: ignore[arg-type]
+
+    def digest(self) -> str:
+        """A short hash of what training depends on: a checkpoint resumes only the run it belongs to
+        (the evaluation settings are left out, so a trained run can be evaluated again differently)."""
+        train_fields = {k: v for k, v in asdict(self).items() if not k.startswith("eval_")}
+        return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: Fast mode: 2 CPU cores, minutes. Adam with learning rate 1e-3 and a 500-update annealing. Why not the
+#: paper's RMSprop: its running average of squared gradients starts at zero, so its first steps are
+#: ≈10× the learning rate (≈100× with momentum 0.9); at the paper's 1e-5 that is harmless, but at a
+#: learning rate large enough to learn in 2 000 updates it blows the free energy up. Adam's bias
+#: correction removes exactly that start-up effect.
+FAST = TrainConfig()
+#: Full mode: the paper's protocol (§6.2) and Table 2's evaluation (S = 5000 on the whole test set).
+FULL = TrainConfig(mode="full", updates=500_000, optimizer="rmsprop", lr=1e-5, momentum=0.9, beta_warmup=10_000,
+                   eval_points=10_000, eval_samples=5000)
+
+
+def parse_rows(spec: str) -> tuple[tuple[str, int], ...]:
+    """``"planar:0,planar:10,nice:10"`` → ((flow, K), ...). K = 0 means the diagonal Gaussian."""
+    rows = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        flow, sep, k = item.partition(":")
+        if not sep or not k.strip().isdigit():
+            raise ValueError(f"row {item!r} is not FLOW:K, e.g. planar:10 (rows are comma separated)")
+        rows.append((flow.strip(), int(k)))
+    if not rows:
+        raise ValueError(f"no rows in {spec!r}; give e.g. --rows planar:0,planar:10")
+    return tuple(rows)
+
+
+def row_name(cfg: TrainConfig, flow: str, K: int) -> str:
+    """The result file name of one row, e.g. ``mnist_full_planar_K80`` (K = 0: ``mnist_full_diagonal``)."""
+    label = f"_{cfg.label.replace(' ', '-')}" if cfg.label else ""
+    what = "diagonal" if K == 0 else f"{flow}_K{K}"
+    return f"mnist_{cfg.mode}{label}_{what}"
+
+
+def build_model(cfg: TrainConfig) -> DLGM | MultiDLGM:
+    """One row: a :class:`DLGM`; several rows: a :class:`MultiDLGM` (stacked, trained together)."""
+    configs = cfg.model_configs()
+    return DLGM(configs[0]) if len(configs) == 1 else MultiDLGM(configs)
+
+
+def checkpoint_path(cfg: TrainConfig, ckpt_dir: str | Path) -> Path:
+    rows = "-".join("diagonal" if k == 0 else f"{f}{k}" for f, k in cfg.rows)
+    label = f"_{cfg.label.replace(' ', '-')}" if cfg.label else ""
+    return Path(ckpt_dir) / f"mnist_{cfg.mode}{label}_{rows}_{cfg.digest()}.pt"
+
+
+def _epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
+    # stateless data order: epoch e's permutation depends only on (seed, e), so resuming needs only t
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _batch_for_update(x: Tensor, t: int, cfg: TrainConfig, cache: dict) -> Tensor:
+    """The minibatch of update t (0-based): batch t mod n of epoch t // n, n = ⌊N/B⌋."""
+    per_epoch = x.shape[0] // cfg.batch_size
+    epoch, i = divmod(t, per_epoch)
+    if cache.get("epoch") != epoch:
+        cache["epoch"] = epoch
+        cache["batches"] = fdata.batches(x, cfg.batch_size, _epoch_order_generator(cfg.seed, epoch))
+        cache["next"] = 0
+    # advance the epoch's iterator to batch i (only after a resume does this skip batches)
+    while cache["next"] < i:
+        next(cache["batches"])
+        cache["next"] += 1
+    cache["next"] += 1
+    return next(cache["batches"])
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """RMSprop (the paper's, §6.2) or Adam (fast mode). Both act elementwise, so stacking rows in one
+    tensor (:class:`MultiDLGM`) gives every row the update it would get alone."""
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {cfg.optimizer!r}")
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
+
+
+@dataclass
+class Run:
+    """A finished (or paused) run: the model, its training log and where it stopped."""
+    config: TrainConfig
+    model: DLGM | MultiDLGM
+    step: int
+    log: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    resumed_from: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.config.updates
+
+
+def train(cfg: TrainConfig, *, x_train: Tensor | None = None, device: str | torch.device = "cpu",
+          ckpt_dir: str | Path | None = None, ckpt_every: int = 1000, max_minutes: float | None = None,
+          stop_at: int | None = None, log_every: int = 100, progress: bool | None = None,
+          compile: bool = False) -> Run:
+    """Train ``cfg.rows`` together for ``cfg.updates`` updates (Algorithm 1), resuming from a checkpoint.
+
+    Args:
+        x_train: (N, D) training data on any device (default: binarized MNIST's training split).
+        ckpt_dir: where checkpoints live; None disables them. An existing checkpoint of the same config
+            is resumed.
+        ckpt_every: updates between checkpoints.
+        max_minutes: stop (after checkpointing) when this much wall time has passed; run again to go on.
+        stop_at: stop (after checkpointing) at this update, as if interrupted (for tests and demos).
+        log_every: updates between entries of the training log (per-row mean free energy since the
+            last entry).
+        progress: show a tqdm bar; default: only when stderr is a terminal (never inside notebooks).
+        compile: wrap the loss in ``torch.compile`` (worth it on a GPU for long runs; ~1 min to compile).
+    """
+    device = torch.device(device)
+    dtype = getattr(torch, cfg.dtype)
+    if x_train is None:
+        x_train = fdata.binarized_mnist("train")
+    x_train = x_train.to(device=device, dtype=dtype)
+    model = build_model(cfg).to(device=device, dtype=dtype)
+    opt = make_optimizer(cfg, model.parameters())
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    run = Run(cfg, model, 0)
+    path = checkpoint_path(cfg, ckpt_dir) if ckpt_dir is not None else None
+    if path is not None and path.exists():
+        state = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        noise.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
+        run.step, run.log, run.train_seconds = state["step"], state["log"], state["train_seconds"]
+        run.resumed_from = run.step
+
+    R, D = len(cfg.rows), cfg.model_configs()[0].latent
+    # running sum of the per-row free energy since the last log entry (checkpointed with the rest)
+    acc = torch.zeros(R, device=device, dtype=torch.float64)
+    acc_n = 0
+    if path is not None and path.exists():
+        acc.copy_(state["log_acc"])
+        acc_n = state["log_acc_n"]
+
+    def checkpoint() -> None:
+        if path is not None:
+            _save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
+                          "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
+                          "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds}, path)
+
+    loss_fn = torch.compile(model.loss) if compile else model.loss
+    end = cfg.updates if stop_at is None else min(stop_at, cfg.updates)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.updates, initial=run.step, disable=not progress, desc="train", unit="upd",
+               dynamic_ncols=True)
+    cache: dict = {}
+    t0 = time.perf_counter()
+    seconds_before = run.train_seconds
+    while run.step < end:
+        x = _batch_for_update(x_train, run.step, cfg, cache)
+        eps = torch.randn(x.shape[0], D, generator=noise, device=device, dtype=dtype)
+        beta = beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup)
+        losses = loss_fn(x, eps, beta)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # rows are independent: the sum's gradient is each row's own
+        opt.step()
+        run.step += 1
+        acc += losses.detach().to(torch.float64)
+        acc_n += 1
+        if run.step % log_every == 0 or run.step == end:
+            mean = (acc / acc_n).tolist()
+            if not all(math.isfinite(v) for v in mean):
+                raise FloatingPointError(f"the free energy became {mean} at update {run.step}; lower the "
+                                         f"learning rate (now {cfg.lr}) or lengthen the annealing")
+            run.log.append({"step": run.step, "beta": beta, "free_energy": mean})
+            acc.zero_()
+            acc_n = 0
+            bar.set_postfix_str(" ".join(f"{v:.1f}" for v in mean))
+        bar.update(1)
+        run.train_seconds = seconds_before + time.perf_counter() - t0
+        out_of_time = max_minutes is not None and run.train_seconds - seconds_before > 60 * max_minutes
+        if run.step % ckpt_every == 0 or run.step == end or out_of_time:
+            checkpoint()
+        if out_of_time:
+            break
+    bar.close()
+    return run
+
+
+@torch.no_grad()
+def evaluate(model: DLGM, x_test: Tensor, samples: int, *, batch: int = 100, chunk: int | None = None,
+             seed: int = 1234, progress: bool | None = None) -> dict[str, float]:
+    """Test-set −ELBO, importance-sampled −ln p(x) with S = ``samples``, and KL = bound − (−ln p).
+
+    These are the three panels of the paper's Figure 4. Both estimates use the same S draws
+    z_s ~ q_K(z | x) per test point: −ELBO ≈ −(1/S) Σ_s ln w_s and −ln p(x) ≈ −ln (1/S) Σ_s w_s with
+    w_s = p(x, z_s)/q_K(z_s | x) (:func:`flowbook.objectives.importance_log_marginal`), so KL ≥ 0 holds
+    for every point, not only in expectation. Test points go ``batch`` at a time and the samples
+    ``chunk`` at a time (default: about 20 000 (sample, point) pairs per chunk).
+    """
+    p = next(model.parameters())
+    x_test = x_test.to(device=p.device, dtype=p.dtype)
+    chunk = chunk or max(1, 20_000 // batch)
+    gen = torch.Generator(device=p.device).manual_seed(seed)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm.auto import tqdm
+
+    neg_elbo, neg_logp = [], []
+    for i in tqdm(range(0, x_test.shape[0], batch), disable=not progress, desc="eval", unit="batch"):
+        x = x_test[i:i + batch]
+        sum_log_w = torch.zeros(x.shape[0], device=p.device, dtype=torch.float64)
+        last_log_q: list[Tensor] = []
+
+        def propose(n: int) -> tuple[Tensor, Tensor]:
+            _, zK, log_q = model.posterior_samples(x, n, gen)
+            last_log_q[:] = [log_q]
+            return zK, log_q
+
+        def log_joint(z: Tensor) -> Tensor:
+            lj = model.log_joint(x, z)
+            sum_log_w.add_((lj - last_log_q[0]).sum(0).to(torch.float64))  # for the ELBO, same draws
+            return lj
+
+        neg_logp.append(-importance_log_marginal(propose, log_joint, samples, chunk).to(torch.float64))
+        neg_elbo.append(-sum_log_w / samples)
+    ne, nl = torch.cat(neg_elbo), torch.cat(neg_logp)
+    return {"neg_elbo": ne.mean().item(), "neg_log_p": nl.mean().item(), "kl": (ne - nl).mean().item(),
+            "neg_elbo_sem": (ne.std() / math.sqrt(len(ne))).item(),
+            "neg_log_p_sem": (nl.std() / math.sqrt(len(nl))).item(),
+            "points": int(len(nl)), "samples": int(samples)}
+
+
+def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, command: str | None = None,
+           x_test: Tensor | None = None, progress: bool | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate every row of a finished run on the test set and write one result JSON per row.
+
+    Returns {row name: metrics}. The result's config holds the training config, the row's model
+    config, the binarization used, the planar implementation and the training log.
+    """
+    cfg = run.config
+    if x_test is None:
+        x_test = fdata.binarized_mnist("test")
+    x_test = x_test[:cfg.eval_points]
+    source = fdata.binarized_mnist_source()
+    out = {}
+    for (flow, K), row in zip(cfg.rows, run.model.rows()):
+        t0 = time.perf_counter()
+        metrics = evaluate(row, x_test, cfg.eval_samples, progress=progress)
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        r = cfg.rows.index((flow, K))
+        metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
+        name = row_name(cfg, flow, K)
+        config = {"train": asdict(cfg), "model": row.config.to_dict(), "binarization": source,
+                  "planar_impl": PLANAR_IMPL, "updates_done": run.step, "rows_trained_together": len(cfg.rows),
+                  "train_seconds": round(run.train_seconds, 3),
+                  "log": [{"step": e["step"], "beta": e["beta"], "free_energy": e["free_energy"][r]}
+                          for e in run.log]}
+        if out_dir is not None:
+            save_result(name, config=config, metrics=metrics, device=device, command=command,
+                        wall_time_s=run.train_seconds + metrics["eval_seconds"], directory=out_dir)
+        out[name] = metrics
+    return out
