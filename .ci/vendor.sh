@@ -36,5 +36,11 @@ cp "$nm/requirejs/require.js" "$DEST/widgets/require.js"
 # embed-amd.js loads its chunks (*.embed.js) and fonts from its own folder.
 find "$nm/@jupyter-widgets/html-manager/dist" -maxdepth 1 -type f ! -name '*.map' \
   -exec cp {} "$DEST/widgets/html-manager/" \;
+# embed-amd.js loads its chunks and icon fonts from "@jupyter-widgets/html-manager/dist/" relative to
+# the page (require.js resolves its module id against the page's folder). Widgets live in chapter
+# pages only, so a copy goes where chapters/*.html look for it.
+mkdir -p "$DEST/chapters/@jupyter-widgets/html-manager/dist"
+find "$DEST/widgets/html-manager" -type f ! -name 'embed*.js' ! -name 'libembed*.js' \
+  -exec cp {} "$DEST/chapters/@jupyter-widgets/html-manager/dist/" \;
 echo "$MATHJAX $HTML_MANAGER $REQUIREJS" > "$DEST/.complete"
 echo "vendor: wrote $(du -sh "$DEST" | cut -f1) to $DEST"
