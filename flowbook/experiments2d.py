@@ -80,7 +80,7 @@ class FitConfig:
 #: fast mode: the chapter's live run (about a minute on 2 CPU cores)
 FAST = FitConfig()
 #: full mode: long enough to converge (run by ``python -m flowbook.experiments2d --mode full``)
-FULL = FitConfig(Ks=(2, 8, 16, 32), updates=12_000, samples=256, lr=1e-2, lr_final=1e-4, warmup=3000, nice_hidden=64)
+FULL = FitConfig(Ks=(2, 8, 16, 32), updates=8000, samples=256, lr=1e-2, lr_final=1e-4, warmup=2000, nice_hidden=64)
 
 
 def target_potential(name: str, confine_scale: float = energies.CONFINE_SCALE) -> Callable[[Tensor], Tensor]:
@@ -444,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=None, help="override the number of updates")
     parser.add_argument("--methods", nargs="*", default=None, choices=METHODS,
                         help="fit only these methods (e.g. to run planar/radial and NICE as two processes)")
+    parser.add_argument("--Ks", type=int, nargs="*", default=None, help="override the flow lengths")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the fits are overhead-bound)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default=None, help="result file name (default energy2d_<mode>)")
@@ -456,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = replace(config, updates=args.updates, warmup=min(config.warmup, args.updates // 2))
     if args.methods:
         config = replace(config, methods=tuple(args.methods))
+    if args.Ks:
+        config = replace(config, Ks=tuple(args.Ks))
     start = time.perf_counter()
     record_every = max(config.updates // 100, 1)
     groups, rows, history = run_experiment(config, args.device, record_every, log=lambda s: print(s, flush=True))
