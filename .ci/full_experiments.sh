@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Full-mode experiments (the paper's protocol), meant for a GPU. Each writes JSON results with
+# provenance into data/results/ (flowbook.results.save_result); the book shows full-mode numbers
+# only from there. Run by the manual trigger of .github/workflows/gpu.yml, or by hand:
+#
+#   bash .ci/full_experiments.sh                 # everything
+#   bash .ci/full_experiments.sh mnist cifar10   # some of: energy2d mnist cifar10 <chapter scripts>
+#
+# Experiment owners: add a function `exp_<name>` below and its name to ALL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FLOWBOOK_MODE=full
+PY=${PYTHON:-.venv/bin/python}
+MAX_MINUTES=${MAX_MINUTES:-60}   # length of one resumable training piece
+
+# until_done CMD...: the training CLIs checkpoint and exit 3 after --max-minutes; call again until
+# they finish (exit 0). Any other exit status is an error.
+until_done() {
+  local status
+  while true; do
+    status=0
+    "$@" || status=$?
+    case $status in
+      0) return 0 ;;
+      3) echo "... resuming: $*" ;;
+      *) echo "failed (exit $status): $*" >&2; return "$status" ;;
+    esac
+  done
+}
+
+# §6.1, Figure 3: planar, radial and NICE fits of the four 2-D energies of Table 1.
+exp_energy2d() {
+  # the 2-D fits are Python-overhead bound, hence the CPU by default
+  "$PY" -m flowbook.experiments2d --mode full --device "${ENERGY2D_DEVICE:-cpu}"
+}
+
+# §6.2, Table 2: DLGM on binarized MNIST, diagonal Gaussian and planar / NICE flows of length K.
+exp_mnist() {
+  local rows
+  for rows in planar:0 planar:10 planar:20 planar:40 planar:80 nice:10 nice:20 nice:40 nice:80; do
+    until_done "$PY" -m flowbook train --rows "$rows" --mode full --max-minutes "$MAX_MINUTES" --no-progress
+  done
+}
+
+# §6.2, Table 3: DLGM on CIFAR-10 (patches) with K = 0, 2, 5, 10 planar flows.
+exp_cifar10() {
+  until_done "$PY" -m flowbook.cifar train --mode full --max-minutes "$MAX_MINUTES"
+}
+
+ALL=(energy2d mnist cifar10)
+selected=("$@")
+[[ ${#selected[@]} -gt 0 ]] || selected=("${ALL[@]}")
+mkdir -p data/results
+for name in "${selected[@]}"; do
+  if ! declare -F "exp_$name" >/dev/null; then
+    echo "unknown experiment '$name'; known: ${ALL[*]}" >&2
+    exit 2
+  fi
+  start=$SECONDS
+  echo "======== full-mode experiment: $name ========"
+  "exp_$name"
+  echo "-------- $name: $((SECONDS - start)) s --------"
+done
+ls -l data/results/
