@@ -307,7 +307,7 @@ def _check_coupling(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, m
     if D < 2:
         raise ValueError(f"{where}: a coupling needs dim ≥ 2 to split z in two, got {D}")
     d = D // 2
-    if w1.dim() != 3 or w1.shape[-1] != d:
+    if not isinstance(w1, Tensor) or w1.dim() != 3 or w1.shape[-1] != d:
         raise ValueError(f"{where}: w1 must have shape (K, hidden, {d}), got {tuple(w1.shape)}")
     K, H = w1.shape[0], w1.shape[1]
     if tuple(w2.shape) != (K, D - d, H):
@@ -323,6 +323,9 @@ def _check_coupling(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, m
                          f"permutations, got {tuple(mixing.shape)}")
     if mixing.device != z.device:
         raise ValueError(f"{where}: mixing is on {mixing.device} but z is on {z.device}")
+    if mixing.is_floating_point() and mixing.dtype != z.dtype:
+        raise TypeError(f"{where}: mixing has dtype {mixing.dtype} but z has {z.dtype}; "
+                        f"build it with random_mixing(..., dtype={z.dtype})")
     return d
 
 

@@ -66,8 +66,11 @@ class _PlanarChain(torch.autograd.Function):
         return zs[K], A
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_out: Tensor, g_a_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if torch.is_grad_enabled():  # create_graph=True: the in-place loop below records no graph
+            raise RuntimeError("planar_chain's backward is not differentiable (create_graph=True was asked "
+                               "for, e.g. for a Hessian or a gradient penalty); use flowbook.flows.planar, "
+                               "or Planar(..., fused=False), which supports double backward")
         Z, T, u_hat, w = ctx.saved_tensors
         shared = ctx.shared
         K = T.shape[0]
