@@ -205,22 +205,29 @@ def knn_entropy(x: Tensor, k: int = 4, chunk: int = 2048) -> Tensor:
     the unit ball (Kozachenko & Leonenko, 1987; Kraskov et al., 2004). It is consistent, with a
     bias that shrinks as N grows and that is largest where the density curves sharply over the
     scale r_i; the chapter measures both bias and spread at its ensemble size. Computed in float64
-    in row chunks, so memory is O(chunk·N).
+    with a k-d tree (scipy), or without scipy by brute force in row chunks (memory O(chunk·N)).
+    Returns a float64 scalar on the CPU.
     """
     _check_batch(x, "knn_entropy")
     N, D = x.shape
     if not 1 <= k < N:
         raise ValueError(f"knn_entropy: need 1 ≤ k < N, got k={k} with N={N} samples")
     x = x.detach().to(torch.float64)
-    log_r = []
-    for start in range(0, N, chunk):
-        d = torch.cdist(x[start:start + chunk], x)
-        # the k + 1 smallest distances include the point itself (distance 0) first
-        r_k = d.topk(k + 1, dim=-1, largest=False).values[:, k]
-        log_r.append(torch.log(r_k.clamp_min(torch.finfo(torch.float64).tiny)))
+    try:  # a k-d tree finds neighbours in O(N log N); scipy is in requirements.txt and on Colab
+        from scipy.spatial import cKDTree
+    except ImportError:
+        cKDTree = None
+    if cKDTree is not None:
+        # k + 1 neighbours because the nearest one of each point is itself (distance 0)
+        dist, _ = cKDTree(x.cpu().numpy()).query(x.cpu().numpy(), k=k + 1)
+        r_k = torch.as_tensor(dist[:, k], dtype=torch.float64)
+    else:
+        r_k = torch.cat([torch.cdist(x[start:start + chunk], x).topk(k + 1, dim=-1, largest=False).values[:, k]
+                         for start in range(0, N, chunk)]).cpu()
+    log_r = torch.log(r_k.clamp_min(torch.finfo(torch.float64).tiny))
     log_unit_ball = 0.5 * D * math.log(math.pi) - math.lgamma(1.0 + 0.5 * D)
     n, kk = torch.tensor(float(N), dtype=torch.float64), torch.tensor(float(k), dtype=torch.float64)
-    return torch.digamma(n) - torch.digamma(kk) + log_unit_ball + D * torch.cat(log_r).mean()
+    return torch.digamma(n) - torch.digamma(kk) + log_unit_ball + D * log_r.mean()
 
 
 def kl_to_target(x: Tensor, U: Potential, log_Z: float, k: int = 4) -> Tensor:
@@ -301,14 +308,18 @@ class HamiltonianFlow(nn.Module):
         mean, log_std = out.chunk(2, dim=-1)
         return self._normal_log_prob(rho, mean, log_std)
 
-    def forward(self, n: int, generator: torch.Generator | None = None) -> HamiltonianSample:
-        """Draw n reparameterized samples and their log-weights (differentiable in every parameter)."""
+    def forward(self, n: int, generator: torch.Generator | None = None, beta: float = 1.0) -> HamiltonianSample:
+        """Draw n reparameterized samples and their log-weights (differentiable in every parameter).
+
+        ``beta`` < 1 weights the energy by β_t as in the annealed free energy of §6
+        (:func:`flowbook.objectives.beta_schedule`); the bound on ln Z is the mean at β = 1.
+        """
         z0, log_q0 = self.q0.sample(n, generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=z0.dtype, device=z0.device)
         rho0 = torch.exp(self.momentum_log_std) * eps
         log_q_rho = self._normal_log_prob(rho0, torch.zeros_like(rho0), self.momentum_log_std)
         z, rho = leapfrog(self.U, z0, rho0, torch.exp(self.log_step), create_graph=True)
-        log_weight = -self.U(z) + self.reverse_log_prob(rho, z) - log_q0 - log_q_rho
+        log_weight = -beta * self.U(z) + self.reverse_log_prob(rho, z) - log_q0 - log_q_rho
         return HamiltonianSample(z0=z0, rho0=rho0, z=z, rho=rho, log_weight=log_weight)
 
     def gradient_evaluations(self) -> int:

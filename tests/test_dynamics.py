@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -108,6 +109,13 @@ def test_knn_entropy_on_a_gaussian():
     assert dy.knn_entropy(x, k=4, chunk=1000).item() == pytest.approx(dy.gaussian_entropy(cov).item(), abs=0.03)
     with pytest.raises(ValueError, match="k"):
         dy.knn_entropy(x[:3], k=3)
+
+
+def test_knn_entropy_without_scipy_agrees_with_the_tree(monkeypatch):
+    x = torch.randn(700, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    with_tree = dy.knn_entropy(x, k=3)
+    monkeypatch.setitem(sys.modules, "scipy.spatial", None)  # makes `from scipy.spatial import` fail
+    assert dy.knn_entropy(x, k=3, chunk=256).item() == pytest.approx(with_tree.item(), abs=1e-12)
 
 
 def test_kl_to_target_is_near_zero_on_target_samples_and_positive_off_target():
