@@ -127,6 +127,16 @@ def test_kl_to_target_is_near_zero_on_target_samples_and_positive_off_target():
     assert dy.kl_to_target(2 * x, quadratic, log_Z).item() == pytest.approx(3 - math.log(4), abs=0.08)
 
 
+def test_grid_samples_match_the_moments_of_a_gaussian():
+    g = torch.Generator().manual_seed(8)
+    x = dy.grid_samples(lambda z: 0.5 * ((z - torch.tensor([1.0, -0.5], dtype=z.dtype)) / 0.7).square().sum(-1),
+                        20_000, generator=g)
+    assert torch.allclose(x.mean(0), torch.tensor([1.0, -0.5], dtype=torch.float64), atol=0.02)
+    assert torch.allclose(x.std(0), torch.tensor([0.7, 0.7], dtype=torch.float64), atol=0.02)
+    with pytest.raises(ValueError, match="cells"):
+        dy.grid_samples(quadratic, 10, cells=1)
+
+
 def test_hamiltonian_flow_log_weight_is_lnZ_minus_energy_error():
     """With q0 = p = N(0, I), q(ρ0) = r = N(0, I), the log-weight is ln Z − (H_L − H_0) exactly."""
     torch.manual_seed(5)
