@@ -80,16 +80,18 @@ def test_elbo_is_below_log_marginal_by_the_kl() -> None:
 def test_importance_estimate_rises_to_log_marginal(seed: int) -> None:
     """E[estimate_S] increases with S (Burda et al., 2016) and reaches ln p(x); averaged over replicates."""
     mean, cov = imperfect_proposal()
-    replicates = {1: 4000, 10: 1000, 100: 300, 5000: 10}
+    replicates = {1: 4000, 10: 1000, 100: 1000, 5000: 50}
     means = []
     for S, R in replicates.items():
         est = importance_log_marginal(gaussian_proposal(mean, cov, R, seed), log_joint, num_samples=S, chunk=500)
         assert est.shape == (R,)
         means.append(float(est.mean()))
     truth = log_marginal()
-    assert all(a < b for a, b in zip(means, means[1:])), means
+    # from S = 100 on, the remaining gap (≈0.01) is comparable to the replicates' noise, so S = 5000
+    # is compared with the truth rather than with S = 100
+    assert means[0] < means[1] < means[2], means
     assert means[0] < truth - 0.25
-    assert abs(means[-1] - truth) < 0.01
+    assert means[1] < means[3] and abs(means[-1] - truth) < 0.01
 
 
 @pytest.mark.parametrize("S", [1, 7, 100])
