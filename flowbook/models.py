@@ -210,8 +210,13 @@ class DLGM(nn.Module):
             # small weights: the flow starts close to the same map for every x, near the identity
             head.weight.mul_(0.01)
             head.bias.zero_()
-            if c.flow == "planar":  # b_w: random hyperplane normals, so that ∂F/∂u ≠ 0 at the start
-                head.bias[K * D:2 * K * D].normal_(0.0, 1.0 / math.sqrt(D))
+            if c.flow == "planar":
+                # random hyperplane normals w, so that ∂F/∂u ≠ 0 at the start; and u parallel to w with
+                # wᵀu = ln(e − 1), where the constraint of Appendix A maps u to û = 0: the identity
+                w = torch.randn(K, D) / math.sqrt(D)
+                u = math.log(math.e - 1.0) * w / w.square().sum(-1, keepdim=True)
+                head.bias[:K * D].copy_(u.flatten())
+                head.bias[K * D:2 * K * D].copy_(w.flatten())
             elif c.flow == "radial":  # reference points spread like the prior; α_raw = β_raw = 0 gives β ≈ 0
                 head.bias[:K * D].normal_(0.0, 1.0)
         return head

@@ -246,7 +246,7 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, device: str | torc
         run.step += 1
         acc += losses.detach().to(torch.float64)
         acc_n += 1
-        if run.step % log_every == 0 or run.step == end:
+        if run.step % log_every == 0 or run.step == cfg.updates:
             mean = (acc / acc_n).tolist()
             if not all(math.isfinite(v) for v in mean):
                 raise FloatingPointError(f"the free energy became {mean} at update {run.step}; lower the "
