@@ -21,7 +21,7 @@ def make_notebook() -> dict:
             cell["metadata"]["tags"] = tags
         return cell
 
-    return {
+    nb = {
         "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                      "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}}}},
@@ -36,6 +36,9 @@ def make_notebook() -> dict:
             md("Second solution", ["remove-cell", "solution"]),
         ],
     }
+    for i, cell in enumerate(nb["cells"]):
+        cell["id"] = f"cell-{i}"  # nbformat 4.5 requires cell ids
+    return nb
 
 
 def test_strip_removes_exactly_the_tagged_cells():
