@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from flowbook import energies, flows
 from flowbook.objectives import beta_schedule
 
-__all__ = ["METHODS", "FitConfig", "FAST", "FULL", "FitGroup", "build_groups", "train", "evaluate",
+__all__ = ["METHODS", "FitConfig", "FAST", "FULL", "FitGroup", "build_groups", "annealed_free_energy", "train", "evaluate",
            "log_density_grid", "run_experiment", "fit_state", "fit_from_state", "main"]
 
 METHODS = ("planar", "radial", "nice-orth", "nice-perm")
@@ -289,6 +289,28 @@ def build_groups(config: FitConfig, extra: Sequence[Label] = ()) -> list[FitGrou
     return groups
 
 
+def annealed_free_energy(groups: Sequence[FitGroup], potentials: dict[str, Callable[[Tensor], Tensor]], n: int,
+                         beta: float, generator: torch.Generator | None = None
+                         ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Σ over every fit of its annealed free energy F_β (eq. 15), each estimated from n samples.
+
+    Each target's potential is called once, on the samples of all fits of that target. Returns the
+    loss and, per group, the samples (z_K, ln q_K(z_K)) it used.
+    """
+    log_q_sum: Tensor | float = 0.0
+    by_target: dict[str, list[Tensor]] = {}
+    samples = []
+    for g in groups:
+        zK, log_q = g.sample(n, generator)
+        log_q_sum = log_q_sum + log_q.sum()
+        for tg, sl in g.target_slices.items():
+            by_target.setdefault(tg, []).append(zK[sl].reshape(-1, 2))
+        samples.append((zK, log_q))
+    U_sum = sum(potentials[tg](torch.cat(zs)).sum() for tg, zs in by_target.items())
+    # Σ_fits mean_samples(ln q_K + β·U): every fit has n samples, so the sums divide by n
+    return (log_q_sum + beta * U_sum) / n, samples
+
+
 def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every fit at once: one Adam optimizer on the sum of the annealed free energies (eq. 15).
@@ -312,19 +334,7 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
     for t in range(config.updates):
         beta = beta_schedule(t, start=0.01, warmup=config.warmup)
         record = record_every > 0 and t % record_every == 0
-        log_q_sum = 0.0
-        by_target: dict[str, list[Tensor]] = {}
-        samples = []
-        for g in groups:
-            zK, log_q = g.sample(n, gen)
-            log_q_sum = log_q_sum + log_q.sum()
-            for tg, sl in g.target_slices.items():
-                by_target.setdefault(tg, []).append(zK[sl].reshape(-1, 2))
-            if record:
-                samples.append((zK.detach(), log_q.detach()))
-        U_sum = sum(potentials[tg](torch.cat(zs)).sum() for tg, zs in by_target.items())
-        # Σ_fits mean_samples(ln q_K + β·U): every fit has n samples, so the sums divide by n
-        loss = (log_q_sum + beta * U_sum) / n
+        loss, samples = annealed_free_energy(groups, potentials, n, beta, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -334,6 +344,7 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
             history["beta"].append(beta)
             with torch.no_grad():
                 for i, (g, (zK, log_q)) in enumerate(zip(groups, samples)):
+                    zK, log_q = zK.detach(), log_q.detach()
                     U = torch.stack([potentials[tg](zK[f]) for f, (tg, _, _) in enumerate(g.labels)])
                     history["F"][i].append((log_q + U).mean(-1).tolist())
                     history["mean"][i].append(zK.mean(1).tolist())
