@@ -86,17 +86,21 @@ def planar_constrain(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     rounding of 0) the correction is skipped: û = u and 1 + wᵀû = 1 + wᵀu, and the layer is then a
     translation.
     """
-    wu = torch.linalg.vecdot(w, u)
-    w2 = torch.linalg.vecdot(w, w)
+    scale, one_plus_wu_hat = _planar_scale(torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w))
+    u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
+    return u_hat, one_plus_wu_hat
+
+
+def _planar_scale(wu: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
+    """From wᵀu and ‖w‖², the scalar s of û = u + s·w and 1 + wᵀû (see :func:`planar_constrain`)."""
     # ‖w‖² below √(smallest normal) counts as w = 0: the correction's gradient grows as 1/‖w‖², which
     # would overflow there, while the correction itself (≈ ‖u‖·‖w‖ < 10⁻¹⁹·‖u‖) is below rounding.
     nonzero = w2 > math.sqrt(torch.finfo(w2.dtype).tiny)
     # where() on the denominator (not on the quotient) keeps the gradient finite at w = 0.
     w2_safe = torch.where(nonzero, w2, torch.ones_like(w2))
-    scale = torch.where(nonzero, (F.softplus(wu) - 1.0 - wu) / w2_safe, torch.zeros_like(wu))
-    u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
-    one_plus_wu_hat = torch.where(nonzero, F.softplus(wu), 1.0 + wu)
-    return u_hat, one_plus_wu_hat
+    softplus = F.softplus(wu)
+    scale = torch.where(nonzero, (softplus - 1.0 - wu) / w2_safe, torch.zeros_like(wu))
+    return scale, torch.where(nonzero, softplus, 1.0 + wu)
 
 
 def _check_planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor, where: str) -> None:

@@ -13,11 +13,13 @@ readable reference (about 6 recorded operations per layer forward, twice as many
   all layers at once from the stored buffers: ∂L/∂û_k = ∂L/∂z_k·tanh a_k, ∂L/∂w_k = g_a,k·z_{k−1},
   ∂L/∂b_k = g_a,k.
 
-Only the loop is hand-differentiated. The constraint û(u, w) (Appendix A, :func:`planar_constrain`)
-and the log-det Σ_k ln(1 + h′(a_k)·w_kᵀû_k) (eq. 12) are the reference's own functions, applied
-outside the custom Function, so autograd differentiates them and the two paths cannot drift apart.
-The tests check values and every gradient against :func:`flowbook.flows.planar` to 1e−10 in float64
-and run ``torch.autograd.gradcheck``.
+The constraint û = u + s·w (Appendix A) is formed inside the Function from the reference's own
+scalar map (wᵀu, ‖w‖²) ↦ (s, 1 + wᵀû), and its backward is split the same way: the (batch, K)
+scalar part by autograd on that same function, the (batch, K, D) vector part by hand in four fused
+multiply-adds (autograd would spend about twice as many passes over those large tensors). The
+log-det Σ_k ln(1 + h′(a_k)·w_kᵀû_k) (eq. 12) is the reference's function, applied to the returned
+pre-activations outside the Function. The tests check values and every gradient against
+:func:`flowbook.flows.planar` to 1e−10 in float64 and run ``torch.autograd.gradcheck``.
 
 Limitation: the backward is itself not differentiable (no double backward, no ``torch.func``
 transforms); use :func:`flowbook.flows.planar` for Hessians or gradient penalties.
@@ -27,23 +29,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowbook.flows import _check_planar, _planar_log_det, planar_constrain
+from flowbook.flows import _check_planar, _planar_log_det, _planar_scale
 
 __all__ = ["planar_chain"]
 
 
 class _PlanarChain(torch.autograd.Function):
-    """z_0 ↦ (z_K, a) for K planar layers with already-constrained û.
+    """(z_0, raw u, w, b) ↦ (z_K, a, 1 + wᵀû) for K planar layers.
 
-    Parameters are either all shared, û and w of shape (K, D) and b of shape (K,), or all per example,
+    Parameters are either all shared, u and w of shape (K, D) and b of shape (K,), or all per example,
     (batch, K, D) and (batch, K) (possibly broadcast views). a is returned as (K, batch).
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, u_hat: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shared = b.dim() == 1
         K = b.shape[-1]
         batch, D = z.shape
+        # the constraint of Appendix A, û = u + s·w, exactly as planar_constrain computes it
+        wu, w2 = torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w)
+        scale, one_plus_wu_hat = _planar_scale(wu, w2)
+        u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)
         # Z[:, k] = z_k, the input of layer k + 1; batch-major so that the parameter gradients come
         # out in the caller's (batch, K, D) layout without a transpose.
         Z = z.new_empty(batch, K + 1, D)
@@ -61,17 +67,17 @@ class _PlanarChain(torch.autograd.Function):
                 As[k].add_(bs[k])
             torch.tanh(As[k], out=Ts[k])
             torch.addcmul(zs[k], Ts[k].unsqueeze(-1), us[k], out=zs[k + 1])
-        ctx.save_for_backward(Z, T, u_hat, w)
+        ctx.save_for_backward(Z, T, u, w, u_hat, wu, w2, scale)
         ctx.shared = shared
-        return zs[K], A
+        return zs[K], A, one_plus_wu_hat
 
     @staticmethod
-    def backward(ctx, g_out: Tensor, g_a_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def backward(ctx, g_out: Tensor, g_a_in: Tensor, g_one_plus: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if torch.is_grad_enabled():  # create_graph=True: the in-place loop below records no graph
             raise RuntimeError("planar_chain's backward is not differentiable (create_graph=True was asked "
                                "for, e.g. for a Hessian or a gradient penalty); use flowbook.flows.planar, "
                                "or Planar(..., fused=False), which supports double backward")
-        Z, T, u_hat, w = ctx.saved_tensors
+        Z, T, u, w, u_hat, wu, w2, scale = ctx.saved_tensors
         shared = ctx.shared
         K = T.shape[0]
         sech2 = 1.0 - T * T
@@ -87,13 +93,22 @@ class _PlanarChain(torch.autograd.Function):
             torch.addcmul(gs[k + 1], gas[k].unsqueeze(-1), ws[k], out=gs[k])
         # parameter gradients for all layers at once: ∂û_k = g_k·tanh a_k, ∂w_k = g_a,k·z_{k−1}, ∂b_k = g_a,k
         if shared:
-            g_u = torch.einsum("bkd,kb->kd", G[:, 1:], T)
+            g_u_hat = torch.einsum("bkd,kb->kd", G[:, 1:], T)
             g_w = torch.einsum("bkd,kb->kd", Z[:, :-1], G_a)
             g_b = G_a.sum(1)
         else:
-            g_u = G[:, 1:] * T.t().unsqueeze(-1)
+            g_u_hat = G[:, 1:] * T.t().unsqueeze(-1)
             g_w = Z[:, :-1] * G_a.t().unsqueeze(-1)
             g_b = G_a.t()
+        # back through the constraint û = u + s·w with s, 1 + wᵀû functions of wᵀu and ‖w‖²: the
+        # scalar part by autograd on the same function the forward used, the vector part by hand
+        g_scale = torch.linalg.vecdot(g_u_hat, w)
+        with torch.enable_grad():
+            wu, w2 = wu.detach().requires_grad_(), w2.detach().requires_grad_()
+            g_wu, g_w2 = torch.autograd.grad(_planar_scale(wu, w2), (wu, w2), (g_scale, g_one_plus))
+        g_u = torch.addcmul(g_u_hat, g_wu.unsqueeze(-1), w)
+        g_w.addcmul_(g_u_hat, scale.unsqueeze(-1)).addcmul_(g_wu.unsqueeze(-1), u)
+        g_w.addcmul_(g_w2.unsqueeze(-1), w, value=2.0)
         return gs[0], g_u, g_w, g_b
 
 
@@ -102,9 +117,8 @@ def planar_chain(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Te
     (raw u, w of shape (K, D) or (batch, K, D); b of shape (K,) or (batch, K)), computed with the
     hand-written backward described in this module's docstring. Returns ``(z_K, log_det)``."""
     _check_planar(z, u, w, b, "planar_chain")
-    u_hat, one_plus_wu_hat = planar_constrain(u, w)
-    if u_hat.dim() == 3 or w.dim() == 3 or b.dim() == 2:  # per-example: broadcast any shared parameter
+    if u.dim() == 3 or w.dim() == 3 or b.dim() == 2:  # per-example: broadcast any shared parameter
         batch, (K, D) = z.shape[0], u.shape[-2:]
-        u_hat, w, b = u_hat.expand(batch, K, D), w.expand(batch, K, D), b.expand(batch, K)
-    z_out, a = _PlanarChain.apply(z, u_hat, w, b)
+        u, w, b = u.expand(batch, K, D), w.expand(batch, K, D), b.expand(batch, K)
+    z_out, a, one_plus_wu_hat = _PlanarChain.apply(z, u, w, b)
     return z_out, _planar_log_det(a.t(), one_plus_wu_hat)
