@@ -13,7 +13,8 @@ parameters and returning its own log-det term, looped in Python — what one wri
 readable reference (:func:`flowbook.flows.planar` / :func:`~flowbook.flows.radial`) and, for the
 planar cases, the hand-differentiated :func:`flowbook.fused.planar_chain`. The machines are shared and
 noisy, so the implementations are measured in turn, round after round, and each reports the median
-over rounds of the mean step time within a round; the ratios come from the same run.
+over rounds of the mean step time within a round (wall time, and the thread's CPU time, which
+leaves out waiting for a core); the ratios come from the same run.
 
 Run: ``.venv/bin/python benchmarks/flows.py`` (about a minute; ``--rounds 5`` for a quick look).
 The output is also written to ``data/results/bench_flows.json`` with provenance.
@@ -122,19 +123,27 @@ def make_step(forward: Callable[[], tuple[Tensor, Tensor]], leaves: list[Tensor]
     return step
 
 
-def compare(steps: dict[str, Callable[[], None]], rounds: int, per_round: int, warmup: int) -> dict[str, float]:
-    """Median over rounds of the mean ms per step within a round; implementations take turns."""
+def compare(steps: dict[str, Callable[[], None]], rounds: int, per_round: int,
+            warmup: int) -> dict[str, tuple[float, float]]:
+    """(wall, cpu) ms per step for each implementation: medians over rounds of the mean within a round.
+
+    The implementations take turns within each round, so slow phases of a shared machine hit them
+    alike. The thread's CPU time is reported beside the wall time: it leaves out the time the
+    process waits for a core, which dominates wall time when other jobs load the machine.
+    """
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(per_round):
                 step()
-            times[name].append((time.perf_counter() - t0) / per_round * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            wall[name].append((time.perf_counter() - t0) / per_round * 1e3)
+            cpu[name].append((time.thread_time() - c0) / per_round * 1e3)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in steps}
 
 
 def case_planar(batch: int = 1024, dim: int = 2, K: int = 32) -> dict[str, Callable[[], None]]:
@@ -186,19 +195,22 @@ def main() -> None:
     torch.manual_seed(0)
     started = time.perf_counter()
     metrics: dict[str, dict[str, float]] = {}
-    print(f"ms per step (forward + log-det + backward), 1 thread, median of {args.rounds} rounds")
+    print(f"ms per step (forward + log-det + backward), 1 thread, median of {args.rounds} rounds; "
+          "speed-up = baseline / this, wall time (CPU time)")
     for case, build in CASES.items():
         ms = compare(build(), args.rounds, args.per_round, args.warmup)
-        base = ms["baseline"]
+        base_wall, base_cpu = ms["baseline"]
         print(case)
-        row = {"baseline_ms": round(base, 3)}
-        for name, t in ms.items():
-            suffix = "" if name == "baseline" else f"   {base / t:5.2f}x faster than baseline"
-            print(f"    {name:20s} {t:8.2f} ms{suffix}")
+        row: dict[str, float] = {}
+        for name, (t_wall, t_cpu) in ms.items():
+            key = name.replace("flowbook ", "")
+            line = f"    {name:20s} {t_wall:8.2f} ms ({t_cpu:6.2f} ms CPU)"
+            row[f"{key}_ms"], row[f"{key}_cpu_ms"] = round(t_wall, 3), round(t_cpu, 3)
             if name != "baseline":
-                key = name.replace("flowbook ", "")
-                row[f"{key}_ms"] = round(t, 3)
-                row[f"{key}_speedup"] = round(base / t, 3)
+                line += f"   speed-up {base_wall / t_wall:5.2f}x ({base_cpu / t_cpu:5.2f}x)"
+                row[f"{key}_speedup"] = round(base_wall / t_wall, 3)
+                row[f"{key}_cpu_speedup"] = round(base_cpu / t_cpu, 3)
+            print(line)
         metrics[case] = row
     if not args.no_save:
         path = save_result("bench_flows", config={"rounds": args.rounds, "per_round": args.per_round,
