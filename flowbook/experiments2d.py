@@ -55,12 +55,12 @@ class FitConfig:
     targets: tuple[str, ...] = ("U1", "U2", "U3", "U4")
     methods: tuple[str, ...] = METHODS
     Ks: tuple[int, ...] = (2, 8, 32)
-    updates: int = 1500          # optimizer steps
+    updates: int = 1200          # optimizer steps
     samples: int = 128           # Monte Carlo samples of z0 per fit per step
     lr: float = 1e-2             # Adam's initial learning rate ...
     lr_final: float = 1e-3       # ... decayed geometrically to this value at the last update
-    warmup: int = 600            # β_t = min(1, 0.01 + t/warmup): the annealing of §6
-    nice_hidden: int = 32        # hidden units of each NICE coupling MLP
+    warmup: int = 500            # β_t = min(1, 0.01 + t/warmup): the annealing of §6
+    nice_hidden: int = 16        # hidden units of each NICE coupling MLP
     eval_samples: int = 100_000  # samples for the reported F and KL
     seed: int = 0
     confine_scale: float = energies.CONFINE_SCALE
@@ -80,7 +80,7 @@ class FitConfig:
 #: fast mode: the chapter's live run (about a minute on 2 CPU cores)
 FAST = FitConfig()
 #: full mode: long enough to converge (run by ``python -m flowbook.experiments2d --mode full``)
-FULL = FitConfig(Ks=(2, 8, 16, 32), updates=8000, samples=256, lr=1e-2, lr_final=1e-4, warmup=2000, nice_hidden=64)
+FULL = FitConfig(updates=4500, samples=256, lr=1e-2, lr_final=1e-4, warmup=2000, nice_hidden=64)
 
 
 def target_potential(name: str, confine_scale: float = energies.CONFINE_SCALE) -> Callable[[Tensor], Tensor]:
