@@ -57,6 +57,7 @@ class _PlanarChain(torch.autograd.Function):
         T = z.new_empty(K, batch)  # tanh a_k
         Z[:, 0].copy_(z)
         zs, As, Ts = Z.unbind(1), A.unbind(0), T.unbind(0)
+        t_cols = T.unsqueeze(-1).unbind(0)  # (batch, 1) views of the same rows, made once, not per layer
         layer_axis = 0 if shared else 1
         us, ws, bs = u_hat.unbind(layer_axis), w.unbind(layer_axis), b.unbind(-1)
         for k in range(K):
@@ -66,7 +67,7 @@ class _PlanarChain(torch.autograd.Function):
                 torch.linalg.vecdot(zs[k], ws[k], out=As[k])
                 As[k].add_(bs[k])
             torch.tanh(As[k], out=Ts[k])
-            torch.addcmul(zs[k], Ts[k].unsqueeze(-1), us[k], out=zs[k + 1])
+            torch.addcmul(zs[k], t_cols[k], us[k], out=zs[k + 1])
         ctx.save_for_backward(Z, T, u, w, u_hat, wu, w2, scale)
         ctx.shared = shared
         return zs[K], A, one_plus_wu_hat
@@ -84,13 +85,14 @@ class _PlanarChain(torch.autograd.Function):
         G = torch.empty_like(Z)  # G[:, k] = ∂L/∂z_k
         G_a = torch.empty_like(T)  # ∂L/∂a_k, through z_k and through the log-det
         gs, gas, g_ins, s = G.unbind(1), G_a.unbind(0), g_a_in.unbind(0), sech2.unbind(0)
+        ga_cols = G_a.unsqueeze(-1).unbind(0)
         gs[K].copy_(g_out)
         layer_axis = 0 if shared else 1
         us, ws = u_hat.unbind(layer_axis), w.unbind(layer_axis)
         for k in range(K - 1, -1, -1):
             g_t = torch.mv(gs[k + 1], us[k]) if shared else torch.linalg.vecdot(gs[k + 1], us[k])
             torch.addcmul(g_ins[k], g_t, s[k], out=gas[k])
-            torch.addcmul(gs[k + 1], gas[k].unsqueeze(-1), ws[k], out=gs[k])
+            torch.addcmul(gs[k + 1], ga_cols[k], ws[k], out=gs[k])
         # parameter gradients for all layers at once: ∂û_k = g_k·tanh a_k, ∂w_k = g_a,k·z_{k−1}, ∂b_k = g_a,k
         if shared:
             g_u_hat = torch.einsum("bkd,kb->kd", G[:, 1:], T)
