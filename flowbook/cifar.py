@@ -48,7 +48,7 @@ from .train import Run, TrainConfig, evaluate, train
 
 __all__ = ["PATCH_SIZE", "PATCH_DIM", "EPS", "LATENT", "KS", "PAPER_TABLE3", "CifarConfig", "FAST", "FULL",
            "config_for", "unit_patches", "train_data", "test_data", "nats_per_patch", "bpd_from_nats",
-           "evaluate_rows", "result_name", "finish", "to_pixels", "main"]
+           "evaluate_rows", "result_name", "finish", "load_full_results", "to_pixels", "main"]
 
 PATCH_SIZE = 8
 PATCH_DIM = 3 * PATCH_SIZE * PATCH_SIZE  # D = 192
@@ -198,6 +198,21 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
     return metrics
 
 
+def load_full_results(directory: str | Path | None = None) -> dict[int, dict[str, Any]]:
+    """The stored full-mode results, {K: record}: only unlabelled runs (a label marks a dry run or a
+    variant) that did all of :data:`FULL`'s updates; each record has its provenance
+    (:func:`flowbook.results.load_result`)."""
+    from .results import load_results
+
+    out = {}
+    for record in load_results("cifar10_full_", directory):
+        train_cfg = record["config"].get("train", {})
+        if train_cfg.get("label") or record["config"].get("updates_done", 0) < FULL.updates:
+            continue
+        out[record["config"]["model"]["K"]] = record
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m flowbook.cifar train ...``: train the four rows of Table 3 together, then evaluate."""
     argv = sys.argv[1:] if argv is None else argv
@@ -207,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--K", default=",".join(map(str, KS)), help="flow lengths trained together, e.g. 0,2,5,10")
     parser.add_argument("--updates", type=int)
     parser.add_argument("--variance", choices=("per_dim", "amortized"), help="logit-normal variance")
+    parser.add_argument("--n-train", dest="n_train", type=int, help="training patches (drawn once)")
+    parser.add_argument("--eval-points", dest="eval_points", type=int, help="test patches evaluated")
+    parser.add_argument("--eval-samples", dest="eval_samples", type=int, help="S of the importance-sampled ln p(x)")
     parser.add_argument("--label", help="tag in the result names, e.g. 'dry-run'")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -218,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     changes: dict[str, Any] = {"rows": tuple(("planar", int(k)) for k in args.K.split(","))}
-    for name, value in (("updates", args.updates), ("logit_normal_variance", args.variance), ("label", args.label)):
-        if value is not None:
-            changes[name] = value
+    for name in ("updates", "n_train", "eval_points", "eval_samples", "label"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.variance is not None:
+        changes["logit_normal_variance"] = args.variance
     cfg = dataclasses.replace(config_for(args.mode), **changes)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     run = train(cfg, x_train=train_data(cfg), device=device, ckpt_dir=args.ckpt_dir,

@@ -116,3 +116,35 @@ def test_real_test_patches_are_fixed():
         pytest.skip(f"no CIFAR-10 in the data root: {err}")
     assert torch.equal(a, cifar.test_data(cfg))
     assert a.shape == (100, 192)
+
+
+def _fake_result(directory, name, K, label="", updates_done=cifar.FULL.updates):
+    from flowbook.results import save_result
+
+    save_result(name, config={"train": {"label": label}, "model": {"K": K}, "updates_done": updates_done},
+                metrics={"neg_log_p": -300.0 - K}, wall_time_s=1.0, device="cpu", command="test", directory=directory)
+
+
+def test_load_full_results_keeps_only_complete_unlabelled_runs(tmp_path):
+    _fake_result(tmp_path, "cifar10_full_K0", 0)
+    _fake_result(tmp_path, "cifar10_full_dry-run_K2", 2, label="dry-run")
+    _fake_result(tmp_path, "cifar10_full_K5", 5, updates_done=100)
+    _fake_result(tmp_path, "cifar10_fast_K10", 10)
+    assert set(cifar.load_full_results(tmp_path)) == {0}
+    assert cifar.load_full_results(tmp_path / "empty") == {}
+
+
+def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
+    args = ["train", "--mode", "full", "--K", "0,2", "--updates", "4", "--n-train", "200", "--eval-points", "10",
+            "--eval-samples", "4", "--label", "dry-run", "--device", "cpu", "--out", str(tmp_path / "res"),
+            "--ckpt-dir", str(tmp_path / "ckpt")]
+    try:
+        status = cifar.main(args)
+    except data.DataFileError as err:
+        pytest.skip(f"no CIFAR-10 in the data root: {err}")
+    assert status == 0
+    record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_K2.json").read_text())
+    assert record["config"]["train"]["optimizer"] == "rmsprop" and record["config"]["updates_done"] == 4
+    assert record["command"].startswith("python -m flowbook.cifar train --mode full")
+    assert cifar.load_full_results(tmp_path / "res") == {}  # a dry run never counts as a full result
+    assert "done: 4 updates" in capsys.readouterr().out
