@@ -6,7 +6,7 @@ operations that autograd records and replays, not the flops. :func:`flowbook.flo
 readable reference (about 6 recorded operations per layer forward, twice as many backward).
 :func:`planar_chain` runs the same loop with 3–4 in-place operations per layer forward and 3 backward:
 
-* forward (no graph recorded) keeps every z_{k−1} in one (K+1, batch, D) buffer and the
+* forward (no graph recorded) keeps every z_{k−1} in one (batch, K+1, D) buffer and the
   pre-activations a_k = w_kᵀz_{k−1} + b_k in a (K, batch) buffer;
 * backward walks k = K..1 with the adjoint of eq. 10, ∂L/∂z_{k−1} = ∂L/∂z_k + g_a,k·w_k where
   g_a,k = ⟨∂L/∂z_k, û_k⟩·(1 − tanh²a_k) + ∂L/∂a_k, and afterwards forms the parameter gradients for
