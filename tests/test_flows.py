@@ -157,16 +157,23 @@ def test_inverse_round_trip_and_log_det(kind: str, K: int, dim: int) -> None:
 
 
 def test_planar_inverse_near_singular_layer() -> None:
-    """wᵀû close to −1 makes the slope of the scalar equation vanish at a = 0; bisection still converges."""
-    u = torch.tensor([[-0.999999, 0.0]], dtype=F64)
+    """wᵀû within 2·10⁻⁹ of −1 makes the slope of the scalar equation a + wᵀû·tanh a = c vanish at
+    a = 0, where Newton's method stalls; bisection still converges. The first point sits exactly at
+    a = 0, where the inverse amplifies rounding by ≈10⁹ along w, so it is checked through f(f⁻¹(y)) = y
+    and loosely in z; the second is well conditioned and round-trips to rounding."""
+    u = torch.tensor([[-20.0, 0.5]], dtype=F64)  # wᵀu = −20 → wᵀû = softplus(−20) − 1 ≈ −1 + 2·10⁻⁹
     w = torch.tensor([[1.0, 0.0]], dtype=F64)
-    u_raw = u  # wᵀu = −0.999999; planar_constrain maps it to wᵀû = softplus(−0.999999) − 1 ≈ −0.687
     b = torch.tensor([0.3], dtype=F64)
+    _, one_plus = planar_constrain(u, w)
+    assert 0 < float(one_plus) < 1e-8
     z = torch.tensor([[-0.3, 1.0], [2.0, -1.0]], dtype=F64)
-    y, ld = planar(z, u_raw, w, b)
-    z_back, ld_inv = planar_inverse(y, u_raw, w, b)
-    torch.testing.assert_close(z_back, z, atol=1e-12, rtol=0)
-    torch.testing.assert_close(ld_inv, -ld, atol=1e-12, rtol=0)
+    y, ld = planar(z, u, w, b)
+    z_back, ld_inv = planar_inverse(y, u, w, b)
+    torch.testing.assert_close(planar(z_back, u, w, b)[0], y, atol=1e-12, rtol=0)
+    torch.testing.assert_close(z_back[0], z[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(z_back[1], z[1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(ld_inv, -ld, atol=1e-6, rtol=0)
+    assert float(ld[0]) < -15  # the layer nearly collapses the w direction at a = 0
 
 
 def test_compose_adds_log_dets_and_inverts() -> None:
