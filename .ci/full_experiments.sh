@@ -34,11 +34,15 @@ exp_energy2d() {
   "$PY" -m flowbook.experiments2d --mode full --device "${ENERGY2D_DEVICE:-cpu}"
 }
 
-# §6.2, Table 2: DLGM on binarized MNIST, diagonal Gaussian and planar / NICE flows of length K.
+# §6.2, Table 2 and Figure 4: DLGM on binarized MNIST, diagonal Gaussian and planar / NICE (and radial,
+# an extra row) flows of length K. Each group's rows train together in one process (MultiDLGM), in
+# resumable pieces of MAX_MINUTES; then the test set is evaluated (S = 5000). The exact commands are in
+# benchmarks/mnist_table2_gpu.sh (DRY_RUN=1 runs them on the CPU for a few hundred updates).
 exp_mnist() {
-  local rows
-  for rows in planar:0 planar:10 planar:20 planar:40 planar:80 nice:10 nice:20 nice:40 nice:80; do
-    until_done "$PY" -m flowbook train --rows "$rows" --mode full --max-minutes "$MAX_MINUTES" --no-progress
+  local group
+  for group in planar nice radial; do
+    PYTHON=$PY MINUTES=$MAX_MINUTES until_done bash benchmarks/mnist_table2_gpu.sh "$group" train
+    PYTHON=$PY bash benchmarks/mnist_table2_gpu.sh "$group" eval
   done
 }
 
