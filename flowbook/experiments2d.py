@@ -456,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="*", default=None, choices=METHODS,
                         help="fit only these methods (e.g. to run planar/radial and NICE as two processes)")
     parser.add_argument("--Ks", type=int, nargs="*", default=None, help="override the flow lengths")
+    parser.add_argument("--targets", nargs="*", default=None, choices=tuple(energies.POTENTIALS),
+                        help="fit only these targets")
+    parser.add_argument("--samples", type=int, default=None, help="override the samples per fit per update")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the fits are overhead-bound)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default=None, help="result file name (default energy2d_<mode>)")
@@ -470,6 +473,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = replace(config, methods=tuple(args.methods))
     if args.Ks:
         config = replace(config, Ks=tuple(args.Ks))
+    if args.targets:
+        config = replace(config, targets=tuple(args.targets))
+    if args.samples:
+        config = replace(config, samples=args.samples)
     start = time.perf_counter()
     record_every = max(config.updates // 100, 1)
     groups, rows, history = run_experiment(config, args.device, record_every, log=lambda s: print(s, flush=True))
