@@ -19,6 +19,7 @@ their separate updates. Prints a table with ratios and writes ``data/results/ben
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -120,7 +121,9 @@ def main() -> None:
         print(f"K=80 / K=0: baseline {k80['baseline_ms'] / k0['baseline_ms']:.2f}, "
               f"flowbook {k80['flowbook_ms'] / k0['flowbook_ms']:.2f}")
     if not args.no_save:
+        # the machine's load average says how far the absolute numbers are from a quiet machine's
         path = save_result("bench_dlgm", config={"threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+                                                 "load_avg_1min": round(os.getloadavg()[0], 1),
                                                  "batch": 100, "latent": 40, "maxout_units": "pre_activations",
                                                  "hidden": 400, "optimizer": "RMSprop", "planar_impl": PLANAR_IMPL},
                            metrics={"per_K": rows, "batched_rows": batched},
