@@ -294,21 +294,26 @@ class HamiltonianFlow(nn.Module):
 
     holds for every r; it is tight when the flow's marginal is p and r is the true conditional of
     ρ_L given z_L. Learnable: the mean and scale of q_0 = N(μ, diag σ²), the scale of the initial
-    momentum q(ρ_0) = N(0, diag s²), the step sizes ε_l (one per step and dimension, kept positive
-    through a log) and r, a Gaussian whose mean and log-scale are an MLP of z_L (``reverse_hidden``
-    units; 0 gives a Gaussian that does not depend on z).
+    momentum q(ρ_0) = N(0, diag s²), the step sizes ε_l (one per step and dimension, kept in
+    (0, max_step) through a sigmoid, see :meth:`step_sizes`) and r, a Gaussian whose mean and
+    log-scale are an MLP of z_L (``reverse_hidden`` units; 0 gives a Gaussian that does not depend on z).
     """
 
     def __init__(self, U: Potential, dim: int, n_leapfrog: int, step_size: float = 0.1,
-                 reverse_hidden: int = 32):
+                 reverse_hidden: int = 32, max_step: float = 0.35):
         super().__init__()
-        if dim < 1 or n_leapfrog < 1 or step_size <= 0 or reverse_hidden < 0:
-            raise ValueError("HamiltonianFlow needs dim ≥ 1, n_leapfrog ≥ 1, step_size > 0 and reverse_hidden ≥ 0, "
-                             f"got {dim}, {n_leapfrog}, {step_size}, {reverse_hidden}")
-        self.U, self.dim, self.n_leapfrog = U, dim, n_leapfrog
+        if dim < 1 or n_leapfrog < 1 or not 0 < step_size < max_step or reverse_hidden < 0:
+            raise ValueError("HamiltonianFlow needs dim ≥ 1, n_leapfrog ≥ 1, 0 < step_size < max_step and "
+                             f"reverse_hidden ≥ 0, got {dim}, {n_leapfrog}, {step_size} (max_step={max_step}), "
+                             f"{reverse_hidden}")
+        self.U, self.dim, self.n_leapfrog, self.max_step = U, dim, n_leapfrog, max_step
         self.q0 = DiagonalGaussian(dim)
         self.momentum_log_std = nn.Parameter(torch.zeros(dim))
-        self.log_step = nn.Parameter(torch.full((n_leapfrog, dim), math.log(step_size)))
+        # ε = max_step·sigmoid(raw): leapfrog is unstable once ε·√(curvature of U) > 2, and a sample of
+        # q0 in a steep region (the confining wall of flowbook.energies has curvature 16) would
+        # otherwise blow up and turn every parameter into NaN
+        ratio = step_size / max_step
+        self.step_raw = nn.Parameter(torch.full((n_leapfrog, dim), math.log(ratio / (1.0 - ratio))))
         if reverse_hidden:
             self.reverse = nn.Sequential(nn.Linear(dim, reverse_hidden), nn.Tanh(),
                                          nn.Linear(reverse_hidden, 2 * dim))
@@ -318,6 +323,10 @@ class HamiltonianFlow(nn.Module):
         else:
             self.reverse = None
             self.reverse_params = nn.Parameter(torch.zeros(2 * dim))
+
+    def step_sizes(self) -> Tensor:
+        """The leapfrog step sizes ε, shape (L, D), each in (0, max_step)."""
+        return self.max_step * torch.sigmoid(self.step_raw)
 
     @staticmethod
     def _normal_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -340,7 +349,7 @@ class HamiltonianFlow(nn.Module):
         eps = torch.randn(n, self.dim, generator=generator, dtype=z0.dtype, device=z0.device)
         rho0 = torch.exp(self.momentum_log_std) * eps
         log_q_rho = self._normal_log_prob(rho0, torch.zeros_like(rho0), self.momentum_log_std)
-        z, rho = leapfrog(self.U, z0, rho0, torch.exp(self.log_step), create_graph=True)
+        z, rho = leapfrog(self.U, z0, rho0, self.step_sizes(), create_graph=True)
         log_weight = -beta * self.U(z) + self.reverse_log_prob(rho, z) - log_q0 - log_q_rho
         return HamiltonianSample(z0=z0, rho0=rho0, z=z, rho=rho, log_weight=log_weight)
 

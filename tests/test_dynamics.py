@@ -146,10 +146,13 @@ def test_hamiltonian_flow_log_weight_is_lnZ_minus_energy_error():
     dH = dy.hamiltonian(quadratic, s.z, s.rho) - dy.hamiltonian(quadratic, s.z0, s.rho0)
     assert dH.abs().max() > 1e-4  # the integrator's energy error is visible, so the check can fail
     # and the dynamics are those of leapfrog: running it backwards returns the start
-    z0b, rho0b = dy.leapfrog(quadratic, s.z, -s.rho, torch.exp(flow.log_step).flip(0))
+    z0b, rho0b = dy.leapfrog(quadratic, s.z, -s.rho, flow.step_sizes().flip(0))
     assert torch.allclose(z0b, s.z0, atol=1e-10) and torch.allclose(-rho0b, s.rho0, atol=1e-10)
     assert torch.allclose(s.log_weight, math.log(2 * math.pi) - dH, atol=1e-10)
     assert flow.gradient_evaluations() == 4
+    assert torch.allclose(flow.step_sizes(), torch.full((3, 2), 0.3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="max_step"):
+        dy.HamiltonianFlow(quadratic, dim=2, n_leapfrog=3, step_size=0.5)
 
 
 @pytest.mark.slow
