@@ -6,7 +6,7 @@ operations that autograd records and replays, not the flops. :func:`flowbook.flo
 readable reference (about 6 recorded operations per layer forward, twice as many backward).
 :func:`planar_chain` runs the same loop with 3–4 in-place operations per layer forward and 3 backward:
 
-* forward (no graph recorded) keeps every z_{k−1} in one (batch, K+1, D) buffer and the
+* forward (no graph recorded) keeps every z_{k−1} in one layer-major (K+1, batch, D) buffer and the
   pre-activations a_k = w_kᵀz_{k−1} + b_k in a (K, batch) buffer;
 * backward walks k = K..1 with the adjoint of eq. 10, ∂L/∂z_{k−1} = ∂L/∂z_k + g_a,k·w_k where
   g_a,k = ⟨∂L/∂z_k, û_k⟩·(1 − tanh²a_k) + ∂L/∂a_k, and afterwards forms the parameter gradients for
@@ -50,16 +50,24 @@ class _PlanarChain(torch.autograd.Function):
         wu, w2 = torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w)
         scale, one_plus_wu_hat = _planar_scale(wu, w2)
         u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)
-        # Z[:, k] = z_k, the input of layer k + 1; batch-major so that the parameter gradients come
-        # out in the caller's (batch, K, D) layout without a transpose.
-        Z = z.new_empty(batch, K + 1, D)
-        A = z.new_empty(K, batch)  # pre-activations a_k (layer-major: each row is contiguous)
+        # Every per-layer slice the loops touch is made contiguous, layer-major: Z[k] = z_k, the input of
+        # layer k + 1, and the per-example parameters as (K, batch, D). On a CPU an operation on a
+        # strided (batch, D) slice of a (batch, K, D) tensor costs about twice one on a contiguous
+        # slice, and the loops are nothing but such small operations; one transposing copy per
+        # call is cheaper than 80 strided ones.
+        Z = z.new_empty(K + 1, batch, D)
+        A = z.new_empty(K, batch)  # pre-activations a_k
         T = z.new_empty(K, batch)  # tanh a_k
-        Z[:, 0].copy_(z)
-        zs, As, Ts = Z.unbind(1), A.unbind(0), T.unbind(0)
+        Z[0].copy_(z)
+        zs, As, Ts = Z.unbind(0), A.unbind(0), T.unbind(0)
         t_cols = T.unsqueeze(-1).unbind(0)  # (batch, 1) views of the same rows, made once, not per layer
-        layer_axis = 0 if shared else 1
-        us, ws, bs = u_hat.unbind(layer_axis), w.unbind(layer_axis), b.unbind(-1)
+        if shared:
+            u_layers, w_layers, b_layers = u_hat, w, b
+        else:
+            u_layers = u_hat.transpose(0, 1).contiguous()
+            w_layers = w.transpose(0, 1).contiguous()
+            b_layers = b.t().contiguous()
+        us, ws, bs = u_layers.unbind(0), w_layers.unbind(0), b_layers.unbind(0)
         for k in range(K):
             if shared:  # one matrix-vector product gives w_kᵀz + b_k for the whole batch
                 torch.addmv(bs[k], zs[k], ws[k], out=As[k])
@@ -68,7 +76,7 @@ class _PlanarChain(torch.autograd.Function):
                 As[k].add_(bs[k])
             torch.tanh(As[k], out=Ts[k])
             torch.addcmul(zs[k], t_cols[k], us[k], out=zs[k + 1])
-        ctx.save_for_backward(Z, T, u, w, u_hat, wu, w2, scale)
+        ctx.save_for_backward(Z, T, u, w, u_layers, w_layers, wu, w2, scale)
         ctx.shared = shared
         return zs[K], A, one_plus_wu_hat
 
@@ -78,29 +86,28 @@ class _PlanarChain(torch.autograd.Function):
             raise RuntimeError("planar_chain's backward is not differentiable (create_graph=True was asked "
                                "for, e.g. for a Hessian or a gradient penalty); use flowbook.flows.planar, "
                                "or Planar(..., fused=False), which supports double backward")
-        Z, T, u, w, u_hat, wu, w2, scale = ctx.saved_tensors
+        Z, T, u, w, u_layers, w_layers, wu, w2, scale = ctx.saved_tensors
         shared = ctx.shared
         K = T.shape[0]
         sech2 = 1.0 - T * T
-        G = torch.empty_like(Z)  # G[:, k] = ∂L/∂z_k
+        G = torch.empty_like(Z)  # G[k] = ∂L/∂z_k
         G_a = torch.empty_like(T)  # ∂L/∂a_k, through z_k and through the log-det
-        gs, gas, g_ins, s = G.unbind(1), G_a.unbind(0), g_a_in.unbind(0), sech2.unbind(0)
+        gs, gas, g_ins, s = G.unbind(0), G_a.unbind(0), g_a_in.unbind(0), sech2.unbind(0)
         ga_cols = G_a.unsqueeze(-1).unbind(0)
         gs[K].copy_(g_out)
-        layer_axis = 0 if shared else 1
-        us, ws = u_hat.unbind(layer_axis), w.unbind(layer_axis)
+        us, ws = u_layers.unbind(0), w_layers.unbind(0)
         for k in range(K - 1, -1, -1):
             g_t = torch.mv(gs[k + 1], us[k]) if shared else torch.linalg.vecdot(gs[k + 1], us[k])
             torch.addcmul(g_ins[k], g_t, s[k], out=gas[k])
             torch.addcmul(gs[k + 1], ga_cols[k], ws[k], out=gs[k])
         # parameter gradients for all layers at once: ∂û_k = g_k·tanh a_k, ∂w_k = g_a,k·z_{k−1}, ∂b_k = g_a,k
         if shared:
-            g_u_hat = torch.einsum("bkd,kb->kd", G[:, 1:], T)
-            g_w = torch.einsum("bkd,kb->kd", Z[:, :-1], G_a)
+            g_u_hat = torch.einsum("kbd,kb->kd", G[1:], T)
+            g_w = torch.einsum("kbd,kb->kd", Z[:-1], G_a)
             g_b = G_a.sum(1)
-        else:
-            g_u_hat = G[:, 1:] * T.t().unsqueeze(-1)
-            g_w = Z[:, :-1] * G_a.t().unsqueeze(-1)
+        else:  # back to the caller's (batch, K, D) layout
+            g_u_hat = (G[1:] * T.unsqueeze(-1)).transpose(0, 1)
+            g_w = (Z[:-1] * G_a.unsqueeze(-1)).transpose(0, 1)
             g_b = G_a.t()
         # back through the constraint û = u + s·w with s, 1 + wᵀû functions of wᵀu and ‖w‖²: the
         # scalar part by autograd on the same function the forward used, the vector part by hand
