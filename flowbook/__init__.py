@@ -1,11 +1,19 @@
 """flowbook: variational inference with normalizing flows (Rezende & Mohamed, ICML 2015).
 
 Modules:
-    flows       planar, radial and NICE (additive coupling) flows, module and amortized forms
-    energies    the 2-D test potentials U1-U4 of the paper's Table 1, and their normalizers
-    objectives  the annealed flow free energy (the paper's eq. 15) and importance-sampled ln p(x)
-    notebook    the setup every chapter runs first
-    results     JSON results with provenance in data/results/
+    flows         planar, radial and NICE (additive coupling) flows, module and amortized forms (§4)
+    fused         the planar chain with a hand-written backward, for speed (same result as flows.planar)
+    energies      the 2-D test potentials U1-U4 of Table 1, their confinement and normalizers (§6.1)
+    objectives    the annealed flow free energy (eq. 15) and the importance-sampled ln p(x)
+    experiments2d batched 2-D fits for Table 1 / Figure 3 (python -m flowbook.experiments2d)
+    data          MNIST, binarized MNIST, CIFAR-10 patches; the data root FLOWBOOK_DATA
+    models        the DLGM with amortized flows (§4.2, §6.2), Bernoulli and logit-normal likelihoods
+    train         resumable training, evaluation (bound, IS ln p(x)), results (python -m flowbook train)
+    cifar         the CIFAR-10 patch setting of Table 3 (python -m flowbook.cifar)
+    dynamics      infinitesimal flows: Langevin (Euler-Maruyama) and Hamiltonian (leapfrog, HVI) (§3.2)
+    notebook      the setup every chapter runs first
+    results       JSON results with provenance in data/results/
+    instructor    strip solution cells for hand-outs (python -m flowbook.instructor)
 """
 
 __version__ = "0.1.0"
