@@ -28,6 +28,7 @@ import struct
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -246,6 +247,20 @@ def _split_name(split: str, allowed: Sequence[str]) -> str:
     return split
 
 
+def _ensure_npz(path: Path, download: bool, fetch: Callable[[], None], name: str, fix: str) -> None:
+    """Make sure ``path`` exists: if it is missing, build it with ``fetch`` (a torchvision download),
+    or raise an error that names the file and says what to do."""
+    if path.is_file():
+        return
+    if not download:
+        raise DataFileError(f"{path} is missing: {fix}.")
+    try:
+        fetch()
+    except Exception as err:  # offline: torchvision raises RuntimeError / URLError
+        raise DataFileError(f"{path} is missing and torchvision could not download {name} ({err}); "
+                            f"{fix}.") from err
+
+
 def load_mnist(split: Literal["train", "test"], root: str | os.PathLike | None = None,
                download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST grey levels: ``(images, labels)``, uint8 ``(N, 28, 28)`` with values 0..255 and int64 ``(N,)``.
@@ -255,16 +270,8 @@ def load_mnist(split: Literal["train", "test"], root: str | os.PathLike | None =
     """
     split = _split_name(split, ("train", "test"))
     root = data_root(root)
-    path = root / "mnist.npz"
-    fix = _offline_hint(root)
-    if not path.is_file():
-        if not download:
-            raise DataFileError(f"{path} is missing: {fix}.")
-        try:
-            _mnist_from_torchvision(root)
-        except Exception as err:  # offline: torchvision raises RuntimeError / URLError
-            raise DataFileError(f"{path} is missing and torchvision could not download MNIST ({err}); "
-                                f"{fix}.") from err
+    path, fix = root / "mnist.npz", _offline_hint(root)
+    _ensure_npz(path, download, lambda: _mnist_from_torchvision(root), "MNIST", fix)
     arrays = _load_npz(path, MNIST_NPZ_SHA256, {k: MNIST_SHAPES[k] for k in (f"x_{split}", f"y_{split}")}, fix)
     return torch.from_numpy(arrays[f"x_{split}"]), torch.from_numpy(arrays[f"y_{split}"]).long()
 
@@ -494,16 +501,8 @@ def load_cifar10(split: Literal["train", "test"], root: str | os.PathLike | None
     """
     split = _split_name(split, ("train", "test"))
     root = data_root(root)
-    path = root / "cifar10.npz"
-    fix = _offline_hint(root)
-    if not path.is_file():
-        if not download:
-            raise DataFileError(f"{path} is missing: {fix}.")
-        try:
-            _cifar10_from_torchvision(root)
-        except Exception as err:
-            raise DataFileError(f"{path} is missing and torchvision could not download CIFAR-10 ({err}); "
-                                f"{fix}.") from err
+    path, fix = root / "cifar10.npz", _offline_hint(root)
+    _ensure_npz(path, download, lambda: _cifar10_from_torchvision(root), "CIFAR-10", fix)
     arrays = _load_npz(path, CIFAR10_NPZ_SHA256, {k: CIFAR10_SHAPES[k] for k in (f"x_{split}", f"y_{split}")}, fix)
     return torch.from_numpy(arrays[f"x_{split}"]), torch.from_numpy(arrays[f"y_{split}"]).long()
 

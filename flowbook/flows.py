@@ -188,6 +188,13 @@ def planar_inverse(y: Tensor, u: Tensor, w: Tensor, b: Tensor, iters: int = 100)
 # ----------------------------------------------------------------------------------------------
 # radial flow (eq. 14, Appendix A)
 # ----------------------------------------------------------------------------------------------
+def _check_radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor, where: str) -> None:
+    _check_z(z, None, where)
+    _check_param(z, z0, "z0", (z.shape[-1],), where)
+    _check_param(z, alpha, "alpha", (), where)
+    _check_param(z, beta, "beta", (), where)
+
+
 RADIAL_FLOOR = 1e-6  # lower bound on α and on α + β
 
 
@@ -226,12 +233,7 @@ def radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, 
     Returns:
         (z_K, log_det) with log_det of shape (batch,).
     """
-    where = "radial"
-    _check_z(z, None, where)
-    D = z.shape[-1]
-    _check_param(z, z0, "z0", (D,), where)
-    _check_param(z, alpha, "alpha", (), where)
-    _check_param(z, beta, "beta", (), where)
+    _check_radial(z, z0, alpha, beta, "radial")
     a, bt, a_plus_b = radial_constrain(alpha, beta)
     radii = []
     for z0_k, a_k, b_k in zip(z0.unbind(-2), a.unbind(-1), bt.unbind(-1)):
@@ -241,7 +243,7 @@ def radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, 
         z = z + (b_k / (a_k + r)).unsqueeze(-1) * diff
         radii.append(r)
     r = torch.stack(radii, -1)
-    return z, _radial_log_det(r, a, a_plus_b, D)
+    return z, _radial_log_det(r, a, a_plus_b, z.shape[-1])
 
 
 def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,12 +252,7 @@ def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[
     With r = ‖z − z0‖ and ρ = ‖y − z0‖ = r(α + β + r)/(α + r), r is the positive root of
     r² + (α + β − ρ)r − αρ = 0; then z = z0 + (y − z0)·(α + r)/(α + β + r).
     """
-    where = "radial_inverse"
-    _check_z(y, None, where)
-    D = y.shape[-1]
-    _check_param(y, z0, "z0", (D,), where)
-    _check_param(y, alpha, "alpha", (), where)
-    _check_param(y, beta, "beta", (), where)
+    _check_radial(y, z0, alpha, beta, "radial_inverse")
     a, _, a_plus_b = radial_constrain(alpha, beta)
     z = y
     radii = []
@@ -271,7 +268,7 @@ def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[
         z = z0_k + diff * ((a_k + r) / (apb_k + r)).unsqueeze(-1)
         radii.append(r)
     r = torch.stack(radii[::-1], -1)
-    return z, -_radial_log_det(r, a, a_plus_b, D)
+    return z, -_radial_log_det(r, a, a_plus_b, y.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------------
