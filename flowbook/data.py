@@ -261,6 +261,17 @@ def _ensure_npz(path: Path, download: bool, fetch: Callable[[], None], name: str
                             f"{fix}.") from err
 
 
+def _load_split(root: Path, filename: str, name: str, sha256: str, shapes: dict, fetch: Callable[[], None],
+                split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, int64 labels)`` of one split of an npz cache in the shared layout (x_/y_ train/test),
+    fetching the file with ``fetch`` when it is missing and checking its sha256 and shapes."""
+    split = _split_name(split, ("train", "test"))
+    path, fix = root / filename, _offline_hint(root)
+    _ensure_npz(path, download, fetch, name, fix)
+    arrays = _load_npz(path, sha256, {k: shapes[k] for k in (f"x_{split}", f"y_{split}")}, fix)
+    return torch.from_numpy(arrays[f"x_{split}"]), torch.from_numpy(arrays[f"y_{split}"]).long()
+
+
 def load_mnist(split: Literal["train", "test"], root: str | os.PathLike | None = None,
                download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST grey levels: ``(images, labels)``, uint8 ``(N, 28, 28)`` with values 0..255 and int64 ``(N,)``.
@@ -268,12 +279,9 @@ def load_mnist(split: Literal["train", "test"], root: str | os.PathLike | None =
     Reads ``mnist.npz`` from the data root (60 000 train / 10 000 test). When it is missing and
     ``download`` is true, torchvision downloads MNIST into ``<root>/torchvision`` and the npz is cached.
     """
-    split = _split_name(split, ("train", "test"))
     root = data_root(root)
-    path, fix = root / "mnist.npz", _offline_hint(root)
-    _ensure_npz(path, download, lambda: _mnist_from_torchvision(root), "MNIST", fix)
-    arrays = _load_npz(path, MNIST_NPZ_SHA256, {k: MNIST_SHAPES[k] for k in (f"x_{split}", f"y_{split}")}, fix)
-    return torch.from_numpy(arrays[f"x_{split}"]), torch.from_numpy(arrays[f"y_{split}"]).long()
+    return _load_split(root, "mnist.npz", "MNIST", MNIST_NPZ_SHA256, MNIST_SHAPES,
+                       lambda: _mnist_from_torchvision(root), split, download)
 
 
 def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -499,12 +507,9 @@ def load_cifar10(split: Literal["train", "test"], root: str | os.PathLike | None
     ``download`` is true, torchvision downloads CIFAR-10 into ``<root>/torchvision`` and the npz is cached.
     Labels index :data:`CIFAR10_CLASSES`.
     """
-    split = _split_name(split, ("train", "test"))
     root = data_root(root)
-    path, fix = root / "cifar10.npz", _offline_hint(root)
-    _ensure_npz(path, download, lambda: _cifar10_from_torchvision(root), "CIFAR-10", fix)
-    arrays = _load_npz(path, CIFAR10_NPZ_SHA256, {k: CIFAR10_SHAPES[k] for k in (f"x_{split}", f"y_{split}")}, fix)
-    return torch.from_numpy(arrays[f"x_{split}"]), torch.from_numpy(arrays[f"y_{split}"]).long()
+    return _load_split(root, "cifar10.npz", "CIFAR-10", CIFAR10_NPZ_SHA256, CIFAR10_SHAPES,
+                       lambda: _cifar10_from_torchvision(root), split, download)
 
 
 def cifar10_patches(split: Literal["train", "test"], n: int, size: int = 8, seed: int | None = None,
