@@ -15,10 +15,11 @@ transform of :mod:`flowbook.flows` runs every fit of the group at once.
 
 * planar/radial: the per-fit parameters (F, K, ·) are repeated over that fit's samples and passed
   in the amortized (batch, K, ·) form of :func:`flowbook.flows.planar` / :func:`~flowbook.flows.radial`.
-* NICE: :func:`flowbook.flows.additive_coupling` shares its coupling weights over the batch, so the
-  F two-dimensional fits are stacked into *one* 2F-dimensional flow whose mixing matrices and
-  coupling MLPs are block-diagonal (fit f only ever sees its own coordinates). This is exactly F
-  independent 2-D NICE flows; ``tests/test_experiments2d.py`` checks it against separate calls.
+* NICE: :func:`flowbook.flows.additive_coupling` shares its coupling weights over the batch, so a
+  group runs :func:`nice_fits`, the same K layers with a leading fit axis on every weight (batched
+  matrix products). In 2-D the coupling reads one coordinate, so its hidden layer is an outer
+  product and the cost is F·n·H per layer; ``tests/test_experiments2d.py`` checks every fit
+  against its own :func:`flowbook.flows.additive_coupling` call.
 
 The losses of different fits depend on disjoint parameters, so summing them and taking one Adam
 step is the same as taking one step per fit (Adam's update is per parameter).
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from flowbook import energies, flows
 from flowbook.objectives import beta_schedule
 
-__all__ = ["METHODS", "FitConfig", "FAST", "FULL", "FitGroup", "build_groups", "annealed_free_energy", "train", "evaluate",
+__all__ = ["METHODS", "FitConfig", "FAST", "FULL", "nice_fits", "FitGroup", "build_groups", "annealed_free_energy", "train", "evaluate",
            "log_density_grid", "run_experiment", "fit_state", "fit_from_state", "main"]
 
 METHODS = ("planar", "radial", "nice-orth", "nice-perm")
@@ -96,23 +97,26 @@ def target_potential(name: str, confine_scale: float = energies.CONFINE_SCALE) -
 Label = tuple[str, str, int]  # (target, method, K)
 
 
-def _block_mixing(mixings: Sequence[Tensor]) -> Tensor:
-    """Stack F per-fit 2×2 mixing matrices (K, 2, 2) into (K, 2F, 2F) acting on the stacked layout
-    x = (first coordinates of all fits, second coordinates of all fits), so that NICE's split
-    x[:F], x[F:] is each fit's own (z1, z2) split."""
-    F_ = len(mixings)
-    K = mixings[0].shape[0]
-    big = torch.zeros(K, 2 * F_, 2 * F_, dtype=mixings[0].dtype)
-    for f, m in enumerate(mixings):
-        for i in range(2):
-            for j in range(2):
-                big[:, i * F_ + f, j * F_ + f] = m[:, i, j]
-    return big
-
-
 def _permutation_matrices(perm: Tensor) -> Tensor:
     """(K, D) permutations → (K, D, D) matrices P with P z = z[perm], the same map as indexing."""
     return torch.eye(perm.shape[-1])[perm]
+
+
+def nice_fits(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, mixing: Tensor) -> Tensor:
+    """F independent 2-D NICE flows (:func:`flowbook.flows.additive_coupling`), one per slice of the
+    leading fit axis: z (F, n, 2) → z_K (F, n, 2); the log-determinant is 0.
+
+    Layer k of fit f mixes z ← M z (``mixing`` (F, K, 2, 2): orthogonal or permutation matrices),
+    then shifts z2 += w2·relu(w1·z1 + b1) + b2 with w1, b1, w2 (F, K, H) and b2 (F, K).
+    """
+    for k in range(mixing.shape[1]):
+        z = torch.bmm(z, mixing[:, k].transpose(-1, -2))
+        z1 = z[..., :1]                                                    # (F, n, 1)
+        # hidden layer: an outer product, since z1 is one coordinate (F, n, 1) × (F, 1, H)
+        h = torch.relu(torch.baddbmm(b1[:, k, None], z1, w1[:, k, None]))  # (F, n, H)
+        shift = torch.baddbmm(b2[:, k, None, None], h, w2[:, k, :, None])   # (F, n, 1)
+        z = torch.cat([z1, z[..., 1:] + shift], -1)
+    return z
 
 
 class FitGroup(nn.Module):
@@ -128,9 +132,9 @@ class FitGroup(nn.Module):
     number of operations (about 10 µs each), not by arithmetic: one group of 32 layers is cheaper
     than six groups of 1 + 2 + … + 32 = 63 layers.
 
-    NICE fits are stacked into one 2F-dimensional :func:`flowbook.flows.additive_coupling` with
-    block-diagonal mixings and coupling MLPs (``w1_mask``/``w2_mask`` zero the cross-fit blocks).
-    Its dense matrix products cost F² rather than F, so a NICE group holds one K only (8 fits).
+    NICE parameters are w1, b1, w2 (F, K, H), b2 (F, K) and the fixed mixing (F, K, 2, 2), run by
+    :func:`nice_fits`. A NICE group holds one K only: padding a short fit to 32 layers of H hidden
+    units would cost real arithmetic, unlike a padded planar layer.
     """
 
     def __init__(self, family: str, labels: Sequence[Label], nice_hidden: int = 32,
@@ -145,7 +149,7 @@ class FitGroup(nn.Module):
             raise ValueError(f"FitGroup({family}): labels {labels} contain methods of another family")
         Ks = [k for _, _, k in labels]
         if family == "nice" and len(set(Ks)) != 1:
-            raise ValueError(f"FitGroup(nice) holds one K only (its cost grows as fits²), got Ks {sorted(set(Ks))}")
+            raise ValueError(f"FitGroup(nice) holds one K only (build one group per K), got Ks {sorted(set(Ks))}")
         self.family, self.labels, self.K = family, labels, max(Ks)
         n, K = len(labels), self.K
         # slices of the fit axis that belong to each target (labels are sorted by target)
@@ -174,17 +178,12 @@ class FitGroup(nn.Module):
                 kind = "orth" if method == "nice-orth" else "perm"
                 m = flows.random_mixing(2, K, kind, generator=g)
                 mixings.append(m if kind == "orth" else _permutation_matrices(m))
-            self.register_buffer("mixing", _block_mixing(mixings))
-            # fit f owns hidden units f·H … (f+1)·H − 1, which read only its z1 and write only its z2
-            owner = torch.arange(n).repeat_interleave(H)
-            mask = (owner[:, None] == torch.arange(n)[None, :]).float()   # (F·H, F)
-            self.register_buffer("w1_mask", mask)
-            self.register_buffer("w2_mask", mask.T.contiguous())
-            self.w1 = nn.Parameter(torch.randn(K, n * H, n, generator=g) * mask)  # d = 1: flows.AdditiveCoupling's 1/√d
-            self.b1 = nn.Parameter(torch.zeros(K, n * H))
+            self.register_buffer("mixing", torch.stack(mixings))                # (F, K, 2, 2)
+            self.w1 = nn.Parameter(torch.randn(n, K, H, generator=g))  # d = 1: flows.AdditiveCoupling's 1/√d
+            self.b1 = nn.Parameter(torch.zeros(n, K, H))
             # zero last layer: every coupling starts as the identity (as flows.AdditiveCoupling)
-            self.w2 = nn.Parameter(torch.zeros(K, n, n * H))
-            self.b2 = nn.Parameter(torch.zeros(K, n))
+            self.w2 = nn.Parameter(torch.zeros(n, K, H))
+            self.b2 = nn.Parameter(torch.zeros(n, K))
 
     @property
     def n_fits(self) -> int:
@@ -198,7 +197,7 @@ class FitGroup(nn.Module):
             return self.u * m[..., None], self.w * m[..., None], self.b * m
         if self.family == "radial":
             return self.z0, self.alpha, torch.where(m > 0, self.beta, self.alpha)
-        return self.w1 * self.w1_mask, self.b1, self.w2 * self.w2_mask, self.b2, self.mixing
+        return self.w1, self.b1, self.w2, self.b2, self.mixing
 
     def fit_params(self, f: int) -> tuple[Tensor, ...]:
         """Fit f's own K_f layers in the shared-parameter form of :mod:`flowbook.flows`
@@ -208,11 +207,7 @@ class FitGroup(nn.Module):
             return self.u[f, :K], self.w[f, :K], self.b[f, :K]
         if self.family == "radial":
             return self.z0[f, :K], self.alpha[f, :K], self.beta[f, :K]
-        F_, H = self.n_fits, self.hidden
-        rows = slice(f * H, (f + 1) * H)
-        coords = [f, F_ + f]
-        return (self.w1[:, rows, f:f + 1], self.b1[:, rows], self.w2[:, f:f + 1, rows], self.b2[:, f:f + 1],
-                self.mixing[:, coords][:, :, coords])
+        return self.w1[f, :, :, None], self.b1[f], self.w2[f, :, None, :], self.b2[f, :, None], self.mixing[f]
 
     def _per_example(self, p: Tensor, n: int) -> Tensor:
         """(F, K, …) per-fit parameters → (F·n, K, …): the amortized form, one copy per sample."""
@@ -224,10 +219,7 @@ class FitGroup(nn.Module):
         F_, n, _ = z.shape
         params = self._masked()
         if self.family == "nice":
-            # stacked layout: row = sample, columns = (z1 of all fits, z2 of all fits)
-            x = z.permute(1, 2, 0).reshape(n, 2 * F_)
-            x, log_det = flows.additive_coupling(x, *params)
-            return x.reshape(n, 2, F_).permute(2, 0, 1), log_det.expand(F_, n)
+            return nice_fits(z, *params), z.new_zeros(F_, n)
         transform = flows.planar if self.family == "planar" else flows.radial
         out, log_det = transform(z.reshape(F_ * n, 2), *(self._per_example(p, n) for p in params))
         return out.reshape(F_, n, 2), log_det.reshape(F_, n)
@@ -312,7 +304,8 @@ def annealed_free_energy(groups: Sequence[FitGroup], potentials: dict[str, Calla
 
 
 def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] | None = None,
+          after_update: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train every fit at once: one Adam optimizer on the sum of the annealed free energies (eq. 15).
 
     Each update draws ``config.samples`` samples per fit; the potential of each target is called
@@ -320,6 +313,7 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
     geometrically from ``lr`` to ``lr_final``. If ``record_every`` > 0, the history holds, every
     that many updates, each fit's free energy at β = 1 on the training samples and the mean and
     standard deviation of its z_K, as ``history[field][group index][record][fit]``.
+    ``after_update(t)`` is called after update t = 1, …, ``config.updates`` (e.g. to evaluate checkpoints).
     """
     potentials = {t: target_potential(t, config.confine_scale) for g in groups for t in g.target_slices}
     params = [p for g in groups for p in g.parameters()]
@@ -349,6 +343,8 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
                     history["F"][i].append((log_q + U).mean(-1).tolist())
                     history["mean"][i].append(zK.mean(1).tolist())
                     history["std"][i].append(zK.std(1).tolist())
+        if after_update is not None:
+            after_update(t + 1)
         if log is not None and (t + 1) % max(config.updates // 20, 1) == 0:
             log(f"update {t + 1}/{config.updates}  beta={beta:.3f}  loss={float(loss.detach()):.3f}  "
                 f"{time.perf_counter() - start:.0f}s")
@@ -434,12 +430,25 @@ def fit_from_state(state: dict[str, Any]) -> FitGroup:
 
 
 def run_experiment(config: FitConfig, device: torch.device | str = "cpu", record_every: int = 0,
-                   log: Callable[[str], None] | None = None) -> tuple[list[FitGroup], list[dict[str, Any]], dict]:
-    """Build, train and evaluate every fit of ``config``; returns (groups, table rows, history)."""
+                   log: Callable[[str], None] | None = None, checkpoints: Sequence[int] = ()
+                   ) -> tuple[list[FitGroup], list[dict[str, Any]], dict]:
+    """Build, train and evaluate every fit of ``config``; returns (groups, table rows, history).
+
+    For each update count in ``checkpoints`` the fits are also evaluated in the middle of training, as
+    ``history["checkpoints"] = [{"update": t, "rows": rows}, …]``: the convergence evidence (a fit
+    whose KL no longer changes between a checkpoint and the end has converged under this schedule).
+    """
     torch.manual_seed(config.seed)
     groups = [g.to(device) for g in build_groups(config)]
-    history = train(groups, config, record_every=record_every, log=log)
     log_Z = {t: energies.log_normalizer(target_potential(t, config.confine_scale)) for t in config.targets}
+    done: list[dict[str, Any]] = []
+
+    def evaluate_checkpoint(t: int) -> None:
+        if t in checkpoints and t < config.updates:
+            done.append({"update": t, "rows": evaluate(groups, config, log_Z)})
+
+    history = train(groups, config, record_every=record_every, log=log, after_update=evaluate_checkpoint)
+    history["checkpoints"] = done
     rows = evaluate(groups, config, log_Z)
     return groups, rows, history
 
@@ -459,6 +468,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--targets", nargs="*", default=None, choices=tuple(energies.POTENTIALS),
                         help="fit only these targets")
     parser.add_argument("--samples", type=int, default=None, help="override the samples per fit per update")
+    parser.add_argument("--seed", type=int, default=None, help="override the seed (initialization and samples)")
+    parser.add_argument("--nice-hidden", type=int, default=None, help="override the hidden units of NICE couplings")
+    parser.add_argument("--checkpoints", type=int, nargs="*", default=[],
+                        help="also evaluate the KL after these updates (convergence evidence)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the fits are overhead-bound)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", default=None, help="result file name (default energy2d_<mode>)")
@@ -477,9 +490,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = replace(config, targets=tuple(args.targets))
     if args.samples:
         config = replace(config, samples=args.samples)
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
+    if args.nice_hidden is not None:
+        config = replace(config, nice_hidden=args.nice_hidden)
     start = time.perf_counter()
     record_every = max(config.updates // 100, 1)
-    groups, rows, history = run_experiment(config, args.device, record_every, log=lambda s: print(s, flush=True))
+    groups, rows, history = run_experiment(config, args.device, record_every, log=lambda s: print(s, flush=True),
+                                           checkpoints=args.checkpoints)
     # the learning curve of each fit: F at β = 1 on the training samples, every record_every updates
     curves = {"step": history["step"], "F": {
         f"{t}/{m}/{K}": [round(rec[f], 4) for rec in history["F"][i]]
@@ -490,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.name or f"energy2d_{args.mode}",
         config={**asdict(config), "optimizer": f"Adam(lr {config.lr} decayed geometrically to {config.lr_final})",
                 "loss": "sum over fits of the annealed free energy (eq. 15), beta_t = min(1, 0.01 + t/warmup)"},
-        metrics={"log_Z": log_Z, "rows": rows, "train_seconds": history["train_seconds"], "curves": curves,
+        metrics={"log_Z": log_Z, "rows": rows, "checkpoints": history["checkpoints"],
+                 "train_seconds": history["train_seconds"], "curves": curves,
                  "fits": [fit_state(g, f) for g in groups for f, lab in enumerate(g.labels) if lab[2] in args.store_K]},
         wall_time_s=wall, device=args.device)
     for r in rows:
