@@ -141,3 +141,14 @@ def test_config_rejects_unknown_names():
         E.FitConfig(targets=("U9",))
     with pytest.raises(ValueError, match="one K only"):
         E.FitGroup("nice", [("U1", "nice-orth", 2), ("U1", "nice-orth", 3)])
+
+
+def test_checkpoints_are_evaluated_mid_training():
+    """run_experiment evaluates the fits at the requested update counts, before the final evaluation."""
+    cfg = dataclasses.replace(E.FAST, targets=("U1",), methods=("planar", "nice-orth"), Ks=(2,), updates=6, warmup=3,
+                              samples=8, eval_samples=200, nice_hidden=2)
+    groups, rows, history = E.run_experiment(cfg, checkpoints=(3, 6))
+    assert [c["update"] for c in history["checkpoints"]] == [3]   # the end is the final evaluation, not a checkpoint
+    mid = history["checkpoints"][0]["rows"]
+    assert [(r["method"], r["K"]) for r in mid] == [(r["method"], r["K"]) for r in rows]
+    assert all(m["KL"] != r["KL"] for m, r in zip(mid, rows))
