@@ -3,6 +3,7 @@
 Modules:
     flows         planar, radial and NICE (additive coupling) flows, module and amortized forms (§4)
     fused         the planar chain with a hand-written backward, for speed (same result as flows.planar)
+    native        C kernels for the amortized planar chain, compiled on first use (csrc/), loaded by ctypes
     energies      the 2-D test potentials U1-U4 of Table 1, their confinement and normalizers (§6.1)
     objectives    the annealed flow free energy (eq. 15) and the importance-sampled ln p(x)
     experiments2d batched 2-D fits for Table 1 / Figure 3 (python -m flowbook.experiments2d)
