@@ -8,8 +8,8 @@ same process, interleaved step by step so that a busy machine slows them alike:
 * ``baseline``: the straightforward per-layer loop — each layer constrains its own û, indexes its
   parameters as ``u[:, k]`` and lets autograd record everything;
 * ``reference``: :func:`flowbook.flows.planar` (û for all layers at once, ``unbind``);
-* ``flowbook``: what :class:`flowbook.models.DLGM` uses (``flowbook.fused.planar_chain`` when present:
-  an analytic backward for the chain).
+* ``flowbook``: what :class:`flowbook.models.DLGM` uses: ``flowbook.fused.planar_chain``, an analytic
+  backward for the chain, run by its compiled C kernel on a CPU (``flowbook.native``).
 
 Also: the rows K = 0, 10, 20, 40, 80 trained together in one :class:`MultiDLGM` against the sum of
 their separate updates. Prints a table with ratios and writes ``data/results/bench_dlgm.json``.
@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from flowbook import flows
+from flowbook import flows, native
 from flowbook.models import DLGM, PLANAR_IMPL, DLGMConfig, MultiDLGM
 from flowbook.results import save_result
 
@@ -94,7 +94,8 @@ def main() -> None:
     Ks = [int(k) for k in args.Ks.split(",")]
     t0 = time.perf_counter()
     rows = []
-    print(f"torch {torch.__version__}, {args.threads} threads; flowbook's planar chain: {PLANAR_IMPL}")
+    print(f"torch {torch.__version__}, {args.threads} threads; flowbook's planar chain: {PLANAR_IMPL}; "
+          f"{native.status('planar_chain', 'float32')}")
     print(f"{'K':>3} {'baseline ms':>12} {'reference ms':>13} {'flowbook ms':>12} {'baseline/flowbook':>18}")
     for K in Ks:
         c = DLGMConfig(flow="planar", K=K)
@@ -125,7 +126,8 @@ def main() -> None:
         path = save_result("bench_dlgm", config={"threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                                                  "load_avg_1min": round(os.getloadavg()[0], 1),
                                                  "batch": 100, "latent": 40, "maxout_units": "pre_activations",
-                                                 "hidden": 400, "optimizer": "RMSprop", "planar_impl": PLANAR_IMPL},
+                                                 "hidden": 400, "optimizer": "RMSprop", "planar_impl": PLANAR_IMPL,
+                                                 "kernel": native.status("planar_chain", "float32")},
                            metrics={"per_K": rows, "batched_rows": batched},
                            wall_time_s=time.perf_counter() - t0, device="cpu")
         print(f"saved {path}")

@@ -11,7 +11,9 @@ cases (the project's issue 2):
 Each case times the baseline (written here: one module per layer, each constraining its own
 parameters and returning its own log-det term, looped in Python — what one writes first), flowbook's
 readable reference (:func:`flowbook.flows.planar` / :func:`~flowbook.flows.radial`) and, for the
-planar cases, the hand-differentiated :func:`flowbook.fused.planar_chain`. The machines are shared and
+planar cases, the hand-differentiated :func:`flowbook.fused.planar_chain`: its PyTorch loop ("fused")
+and, for the per-example case (c), its compiled C kernel ("compiled", what the DLGM uses on a CPU;
+skipped with a note where no C compiler is found). The machines are shared and
 noisy, so the implementations are measured in turn, round after round, and each reports the median
 over rounds of the mean step time within a round (wall time, and the thread's CPU time, which
 leaves out waiting for a core); the ratios come from the same run.
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowbook import flows
+from flowbook import flows, native
 from flowbook.fused import planar_chain
 from flowbook.results import save_result
 
@@ -172,9 +174,12 @@ def case_amortized(batch: int = 100, dim: int = 40, K: int = 80) -> dict[str, Ca
     b = torch.zeros(batch, K, requires_grad=True)
     layers = [AmortizedPlanarLayer() for _ in range(K)]
     leaves = [z, u, w, b]
-    return {"baseline": make_step(lambda: amortized_baseline(layers, z, u, w, b), leaves),
-            "flowbook reference": make_step(lambda: flows.planar(z, u, w, b), leaves),
-            "flowbook fused": make_step(lambda: planar_chain(z, u, w, b), leaves)}
+    steps = {"baseline": make_step(lambda: amortized_baseline(layers, z, u, w, b), leaves),
+             "flowbook reference": make_step(lambda: flows.planar(z, u, w, b), leaves),
+             "flowbook fused": make_step(lambda: planar_chain(z, u, w, b, compiled=False), leaves)}
+    if native.load("planar_chain", "float32") is not None:
+        steps["flowbook compiled"] = make_step(lambda: planar_chain(z, u, w, b, compiled=True), leaves)
+    return steps
 
 
 CASES = {
@@ -193,6 +198,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    print(native.status("planar_chain", "float32"))
     started = time.perf_counter()
     metrics: dict[str, dict[str, float]] = {}
     print(f"ms per step (forward + log-det + backward), 1 thread, median of {args.rounds} rounds; "
@@ -214,7 +220,8 @@ def main() -> None:
         metrics[case] = row
     if not args.no_save:
         path = save_result("bench_flows", config={"rounds": args.rounds, "per_round": args.per_round,
-                                                  "warmup": args.warmup, "threads": 1},
+                                                  "warmup": args.warmup, "threads": 1,
+                                                  "kernel": native.status("planar_chain", "float32")},
                            metrics=metrics, wall_time_s=time.perf_counter() - started, device="cpu")
         print(f"saved {path}")
 

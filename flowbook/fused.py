@@ -187,18 +187,28 @@ def _use_native(z: Tensor) -> bool:
     return z.device.type == "cpu" and z.dtype in _DTYPES and native.load("planar_chain", _DTYPES[z.dtype]) is not None
 
 
-def planar_chain(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def planar_chain(z: Tensor, u: Tensor, w: Tensor, b: Tensor, compiled: bool | None = None
+                 ) -> tuple[Tensor, Tensor]:
     """K planar layers (eq. 10–12): the same arguments and result as :func:`flowbook.flows.planar`
     (raw u, w of shape (K, D) or (batch, K, D); b of shape (K,) or (batch, K)), computed with the
     hand-written backward described in this module's docstring. Returns ``(z_K, log_det)``.
 
-    On a CPU, per-example parameters in float32 or float64 go to the compiled kernel when one can be
-    built (:func:`flowbook.native.status`); everything else runs the PyTorch loop."""
+    ``compiled``: None (default) sends per-example parameters in float32 or float64 on a CPU to the
+    compiled kernel when one can be built (:func:`flowbook.native.status`), and everything else to the
+    PyTorch loop; False always runs the PyTorch loop; True requires the kernel (and raises if it cannot
+    be used, saying why)."""
     _check_planar(z, u, w, b, "planar_chain")
-    if u.dim() == 3 or w.dim() == 3 or b.dim() == 2:  # per-example: broadcast any shared parameter
+    per_example = u.dim() == 3 or w.dim() == 3 or b.dim() == 2
+    if compiled and not (per_example and _use_native(z)):
+        raise RuntimeError("planar_chain(compiled=True): the compiled kernel takes per-example (batch, K, D) "
+                           "parameters in float32 or float64 on the CPU; here: "
+                           f"{'per-example' if per_example else 'shared'} parameters, {z.dtype} on {z.device}; "
+                           f"{native.status('planar_chain', _DTYPES.get(z.dtype, 'float32'))}. "
+                           "Pass compiled=None to fall back to the PyTorch loop.")
+    if per_example:  # broadcast any shared parameter
         batch, (K, D) = z.shape[0], u.shape[-2:]
         u, w, b = u.expand(batch, K, D), w.expand(batch, K, D), b.expand(batch, K)
-        if _use_native(z):
+        if compiled is not False and _use_native(z):
             z_out, a, one_plus_wu_hat = _PlanarChainNative.apply(z, u, w, b)
             return z_out, _planar_log_det(a, one_plus_wu_hat)
     z_out, a, one_plus_wu_hat = _PlanarChain.apply(z, u, w, b)

@@ -21,8 +21,8 @@ logits), the architecture of the project's speed anchors.
 
 Amortized flow parameters (one linear head on the encoder's last hidden layer per flow type):
 
-* planar: u, w of shape (B, K, 40) and b of shape (B, K), fed to :func:`flowbook.flows.planar`
-  (or the analytic-backward :func:`flowbook.fused.planar_chain` when it exists);
+* planar: u, w of shape (B, K, 40) and b of shape (B, K), fed to :func:`flowbook.fused.planar_chain`
+  (the map of :func:`flowbook.flows.planar` with a hand-written backward, compiled on a CPU);
 * radial: z0 (B, K, 40) and raw α, β (B, K), fed to :func:`flowbook.flows.radial`;
 * NICE: the paper does not say which NICE parameters are amortized. Here the coupling MLPs'
   *weights* are shared by all data points (global parameters, as in Dinh et al.) and their *biases*
@@ -50,12 +50,9 @@ from torch import Tensor, nn
 
 from . import flows
 
-try:  # the analytic-backward planar chain, when the core-flows module provides it
-    from .fused import planar_chain as _planar_chain  # type: ignore[attr-defined]
-    PLANAR_IMPL = "flowbook.fused.planar_chain"
-except ImportError:  # same signature and result, autograd backward
-    _planar_chain = flows.planar
-    PLANAR_IMPL = "flowbook.flows.planar"
+from .fused import planar_chain as _planar_chain
+
+PLANAR_IMPL = "flowbook.fused.planar_chain"  # the same map as flows.planar, with a hand-written backward
 
 __all__ = ["DLGMConfig", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS", "PLANAR_IMPL",
            "bernoulli_log_likelihood", "logit_normal_log_likelihood", "standard_normal_log_prob"]

@@ -41,13 +41,7 @@ def _values_and_grads(fn, args: list[torch.Tensor], seed: int = 1) -> list[torch
 
 
 def _pytorch_chain(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """flowbook.fused.planar_chain with the compiled kernel switched off."""
-    use = fused._use_native
-    fused._use_native = lambda z: False
-    try:
-        return fused.planar_chain(*args)
-    finally:
-        fused._use_native = use
+    return fused.planar_chain(*args, compiled=False)
 
 
 needs_kernel = pytest.mark.skipif(not HAS_CC, reason="no C compiler here: the PyTorch path is tested instead")
@@ -112,6 +106,12 @@ def test_compiled_chain_finite_for_extreme_parameters(dtype: torch.dtype) -> Non
     if dtype == F64:  # and still the reference's numbers
         for r, g in zip(_values_and_grads(planar, args), out):
             torch.testing.assert_close(g, r, atol=1e-8, rtol=1e-10)
+
+
+def test_compiled_true_says_when_the_kernel_cannot_be_used() -> None:
+    z, u, w, b = _params(2, 3, 2)
+    with pytest.raises(RuntimeError, match=r"compiled=True.*shared parameters.*compiled=None"):
+        fused.planar_chain(z, u[0], w[0], b[0], compiled=True)
 
 
 @needs_kernel
