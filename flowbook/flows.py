@@ -145,7 +145,7 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a = (z * w_k).sum(-1) + b_k
         z = z + u_k * torch.tanh(a).unsqueeze(-1)
         pre_activations.append(a)
-    a = torch.stack(pre_activations, -1)  # (batch, K)
+    a = torch.stack(pre_activations, -1) if pre_activations else one_plus_wu_hat  # (batch, K); K = 0: empty
     return z, _planar_log_det(a, one_plus_wu_hat)
 
 

@@ -36,7 +36,8 @@ def _values_and_grads(fn, args: list[torch.Tensor], seed: int = 1) -> list[torch
     # drawn in float64 and cast: the same numbers whatever the dtype under test
     g_out = torch.randn(out.shape, generator=gen, dtype=F64).to(out.dtype)
     g_ld = torch.randn(ld.shape, generator=gen, dtype=F64).to(ld.dtype)
-    grads = torch.autograd.grad((out * g_out).sum() + (ld * g_ld).sum(), leaves)
+    grads = torch.autograd.grad((out * g_out).sum() + (ld * g_ld).sum(), leaves, allow_unused=True,
+                                materialize_grads=True)  # K = 0: b is unused
     return [out, ld, *grads]
 
 
@@ -65,6 +66,16 @@ def test_compiled_chain_matches_reference_and_pytorch_path(K: int, D: int) -> No
         for r, g in zip(ref, got):
             assert r.shape == g.shape
             torch.testing.assert_close(g, r, atol=1e-10, rtol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,K", [(0, 3), (4, 0), (1, 1)])
+def test_compiled_chain_edge_sizes(batch: int, K: int) -> None:
+    """An empty batch, no layers (z passes through, log-det 0) and a single point and layer."""
+    args = _params(batch, K, 2)
+    for r, g in zip(_values_and_grads(planar, args), _values_and_grads(fused.planar_chain, args)):
+        assert r.shape == g.shape
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=0)
 
 
 @needs_kernel

@@ -77,8 +77,8 @@ void planar_backward(int64_t B, int64_t K, int64_t D, const real *z0, const real
                      const real *scale, const real *t, const real *g_zK, const real *g_a, real *g_z0,
                      real *g_u, real *g_w, real *g_b, real *g_scale, real *work) {
     for (int64_t i = 0; i < B; i++) {
-        /* rebuild z_0 .. z_{K-1} of this example: work[k*D ..] = z_k */
-        memcpy(work, z0 + i * D, (size_t)D * sizeof(real));
+        /* rebuild z_0 .. z_{K-1} of this example: work[k*D ..] = z_k (nothing to rebuild when K = 0) */
+        if (K > 0) memcpy(work, z0 + i * D, (size_t)D * sizeof(real));
         for (int64_t k = 0; k + 1 < K; k++) {
             const int64_t p = i * K + k;
             const real *uk = u + p * D, *wk = w + p * D, *zk = work + k * D;
