@@ -106,7 +106,12 @@ def load(name: str, dtype: str) -> ctypes.CDLL | None:
         _failures[name, dtype] = "no C compiler found (set CC, or install gcc or clang)"
         return None
     try:
-        lib = ctypes.CDLL(str(_build(name, REALS[dtype], cc)))
+        path = _build(name, REALS[dtype], cc)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged cached library (e.g. a disk that filled up): build it once more
+            path.unlink(missing_ok=True)
+            lib = ctypes.CDLL(str(_build(name, REALS[dtype], cc)))
     except (OSError, RuntimeError) as error:
         _failures[name, dtype] = f"the build failed:\n{error}"
         return None

@@ -179,3 +179,26 @@ def test_kernels_are_cached_per_source_and_precision(tmp_path, monkeypatch) -> N
         assert [p.stat().st_mtime_ns for p in sorted(tmp_path.glob("*.so"))] == stamp
     finally:
         native.load.cache_clear()
+
+
+@needs_kernel
+def test_a_damaged_cached_library_is_rebuilt(tmp_path) -> None:
+    """In fresh processes (a process must never overwrite a library it has loaded): build, damage the
+    file, load again."""
+    env = {**os.environ, "FLOWBOOK_CACHE": str(tmp_path)}
+    code = ("import torch; from flowbook import native, fused, flows\n"
+            "print(native.status('planar_chain', 'float64'))\n"
+            "z = torch.randn(3, 2, dtype=torch.float64); u, w = torch.randn(2, 3, 4, 2, dtype=torch.float64)\n"
+            "b = torch.randn(3, 4, dtype=torch.float64)\n"
+            "for x, y in zip(fused.planar_chain(z, u, w, b, compiled=True), flows.planar(z, u, w, b)):\n"
+            "    torch.testing.assert_close(x, y, atol=1e-12, rtol=0)\n")
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,  # noqa: E731
+                                 timeout=120)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    (built,) = tmp_path.glob("*.so")
+    built.write_bytes(b"not a shared library")
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert "compiled kernel" in second.stdout
+    assert built.read_bytes()[:4] == b"\x7fELF" or built.stat().st_size > 1000  # rebuilt in place
