@@ -80,7 +80,9 @@ class FitConfig:
 
 #: fast mode: the chapter's live run (about a minute on 2 CPU cores)
 FAST = FitConfig()
-#: full mode: long enough to converge (run by ``python -m flowbook.experiments2d --mode full``)
+#: full mode (``python -m flowbook.experiments2d --mode full``). Not every fit converges within these
+#: updates: chapter 4's stored runs pass ``--updates 12000`` (NICE K = 32: 24000; planar K = 32 on U3, U4:
+#: 60000) and record the KL at ``--checkpoints`` as evidence (see each result's command)
 FULL = FitConfig(updates=4500, samples=256, lr=1e-2, lr_final=1e-4, warmup=2000, nice_hidden=64)
 
 

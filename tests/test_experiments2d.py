@@ -27,7 +27,7 @@ def _perturb(group: E.FitGroup, seed: int = 0) -> E.FitGroup:
     ("nice", [("U1", "nice-orth", 3), ("U2", "nice-perm", 3), ("U4", "nice-orth", 3)]),
 ])
 def test_batched_flow_equals_each_fit_alone(family, labels):
-    """Every fit of a group, run batched (padded layers, stacked NICE), equals its own flows.* call."""
+    """Every fit of a group, run batched (padded layers, NICE with a fit axis), equals its own flows.* call."""
     g = _perturb(E.FitGroup(family, labels, nice_hidden=5, generator=torch.Generator().manual_seed(1)))
     z = torch.randn(g.n_fits, 7, 2, dtype=torch.float64)
     zK, log_det = g.flow(z)
@@ -38,7 +38,7 @@ def test_batched_flow_equals_each_fit_alone(family, labels):
 
 
 def test_batched_nice_equals_the_module():
-    """A NICE fit extracted from a stacked group is the flows.additive_coupling of its own 2-D parameters,
+    """A NICE fit taken from a group is the flows.additive_coupling of its own 2-D parameters,
     with a mixing that is orthogonal (|det| = 1) or a permutation matrix."""
     g = _perturb(E.FitGroup("nice", [("U1", "nice-orth", 4), ("U2", "nice-perm", 4)], nice_hidden=3,
                             generator=torch.Generator().manual_seed(2)))
