@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-points", dest="eval_points", type=int, help="test patches evaluated")
     parser.add_argument("--eval-samples", dest="eval_samples", type=int, help="S of the importance-sampled ln p(x)")
     parser.add_argument("--label", help="tag in the result names, e.g. 'dry-run'")
+    parser.add_argument("--seed", type=int, help="seed of the initialization, minibatches and noise")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--out", default="data/results", help="directory of the result JSON files")
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     changes: dict[str, Any] = {"rows": tuple(("planar", int(k)) for k in args.K.split(","))}
-    for name in ("updates", "n_train", "eval_points", "eval_samples", "label"):
+    for name in ("updates", "n_train", "eval_points", "eval_samples", "label", "seed"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.variance is not None:
