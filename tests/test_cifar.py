@@ -136,7 +136,7 @@ def test_load_full_results_keeps_only_complete_unlabelled_runs(tmp_path):
 
 def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     args = ["train", "--mode", "full", "--K", "0,2", "--updates", "4", "--n-train", "200", "--eval-points", "10",
-            "--eval-samples", "4", "--label", "dry-run", "--device", "cpu", "--out", str(tmp_path / "res"),
+            "--eval-samples", "4", "--label", "dry-run", "--seed", "3", "--device", "cpu", "--out", str(tmp_path / "res"),
             "--ckpt-dir", str(tmp_path / "ckpt")]
     try:
         status = cifar.main(args)
@@ -145,6 +145,7 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     assert status == 0
     record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_K2.json").read_text())
     assert record["config"]["train"]["optimizer"] == "rmsprop" and record["config"]["updates_done"] == 4
+    assert record["config"]["train"]["seed"] == 3 and record["config"]["model"]["seed"] == 3
     assert record["command"].startswith("python -m flowbook.cifar train --mode full")
     assert cifar.load_full_results(tmp_path / "res") == {}  # a dry run never counts as a full result
     assert "done: 4 updates" in capsys.readouterr().out
