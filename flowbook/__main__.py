@@ -26,17 +26,39 @@ from .results import describe_device
 
 
 def _config(args: argparse.Namespace):
-    from .train import FAST, FULL, parse_rows
+    from .train import PRESETS, parse_rows
 
-    base = FULL if args.mode == "full" else FAST
+    base = PRESETS[args.mode]
     rows = parse_rows(args.rows) if args.rows else ((args.flow, args.K),)
     changes = {"rows": rows}
     for name in ("updates", "optimizer", "lr", "momentum", "beta_warmup", "seed", "hidden", "maxout_units",
-                 "eval_points", "eval_samples", "label", "batch_size"):
+                 "eval_points", "eval_samples", "label", "batch_size", "lr_final", "valid_every"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
     return dataclasses.replace(base, **changes)
+
+
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse out-of-range options before any data loads (argparse's exit status 2, one line each)."""
+    def positive(name: str, value) -> None:
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    for name in ("updates", "lr", "batch_size", "eval_points", "eval_samples", "beta_warmup", "lr_final"):
+        positive(name, getattr(args, name))
+    if args.command == "train":
+        positive("ckpt_every", args.ckpt_every)
+        positive("max_minutes", args.max_minutes)
+    if args.valid_every is not None and args.valid_every < 0:
+        parser.error(f"--valid-every must be ≥ 0 (0: no validation), got {args.valid_every}")
+    if args.K < 0 or args.K > 1000:
+        parser.error(f"--K must be in 0..1000, got {args.K}")
+    if args.eval_points is not None and args.eval_points > 10_000:
+        parser.error(f"--eval-points must be ≤ 10000 (the test set), got {args.eval_points}")
+    if args.batch_size is not None and args.batch_size > 50_000:
+        parser.error(f"--batch-size must be ≤ 50000 (the training set), got {args.batch_size}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu or auto")
 
 
 def _device(name: str) -> torch.device:
@@ -54,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--flow", default="planar", choices=("planar", "radial", "nice"))
         p.add_argument("--K", type=int, default=0, help="flow length (0: diagonal Gaussian)")
         p.add_argument("--rows", help="several rows trained together, e.g. planar:0,planar:10,nice:10")
-        p.add_argument("--mode", default="fast", choices=("fast", "full"))
+        p.add_argument("--mode", default="fast", choices=("fast", "stored", "full"),
+                       help="fast (minutes on a CPU), stored (the committed CPU rows), full (the paper's protocol)")
         p.add_argument("--updates", type=int)
         p.add_argument("--optimizer", choices=("rmsprop", "adam"))
         p.add_argument("--lr", type=float)
+        p.add_argument("--lr-final", dest="lr_final", type=float, help="cosine decay of the rate to this value")
+        p.add_argument("--valid-every", dest="valid_every", type=int,
+                       help="updates between validation checks; the best-validation parameters are kept")
         p.add_argument("--momentum", type=float)
         p.add_argument("--beta-warmup", dest="beta_warmup", type=float)
         p.add_argument("--batch-size", dest="batch_size", type=int)
@@ -72,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--threads", type=int, help="torch CPU threads")
         p.add_argument("--out", default="data/results", help="directory of the result JSON files")
         p.add_argument("--ckpt-dir", dest="ckpt_dir", default="data/checkpoints")
+        p.add_argument("--weights-dir", dest="weights_dir",
+                       help="save each row's float16 weights here (default in stored mode: data/weights)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace a stored result of another configuration with the same name")
         p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
         if name == "train":
             p.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=1000)
@@ -82,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--no-eval", dest="no_eval", action="store_true",
                            help="do not evaluate when training ends (run `eval` later)")
     args = parser.parse_args(argv)
+    _check(args, parser)
     if args.threads:
         torch.set_num_threads(args.threads)
     from .train import build_model, checkpoint_path, finish, train, Run
@@ -109,12 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(path, map_location=device, weights_only=False)
         model = build_model(cfg).to(device)
         model.load_state_dict(state["model"])
-        run = Run(cfg, model, state["step"], state["log"], state["train_seconds"])
+        run = Run(cfg, model, state["step"], state["log"], state["train_seconds"],
+                  valid_log=state.get("valid_log", []), best=state.get("best", []))
         if not run.finished:
             print(f"the checkpoint is at update {run.step}/{cfg.updates}; finish training first", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
-    metrics = finish(run, device=device, out_dir=args.out, command=command, progress=args.progress)
+    weights_dir = args.weights_dir or ("data/weights" if cfg.mode == "stored" else None)
+    metrics = finish(run, device=device, out_dir=args.out, command=command, progress=args.progress,
+                     weights_dir=weights_dir, overwrite=args.overwrite)
     for name, m in metrics.items():
         print(f"{name}: -ELBO {m['neg_elbo']:.2f}  -ln p(x) {m['neg_log_p']:.2f} (S={m['samples']}, "
               f"{m['points']} test points)  KL {m['kl']:.2f}")

@@ -75,6 +75,8 @@ class CifarConfig(TrainConfig):
     logit_normal_variance: str = "amortized"
     n_train: int = 50_000  # training patches, drawn once from the training images
     eps: float = EPS
+    # the last ``valid_images`` training images are held out: validation patches come from them only
+    valid_images: int = 0
 
     def model_configs(self) -> list[DLGMConfig]:
         return [DLGMConfig(flow=f, K=k, data_dim=self.data_dim, latent=self.latent, hidden=self.hidden,  # type: ignore[arg-type]
@@ -94,11 +96,23 @@ FULL = CifarConfig(mode="full", updates=500_000, optimizer="rmsprop", lr=1e-5, m
                    hidden=400, n_train=1_000_000, eval_points=10_000, eval_samples=5000)
 
 
+#: Stored mode: the rows trained on the project's 2-core CPU and committed with their weights. The MNIST
+#: stored protocol (:data:`flowbook.train.STORED`: Adam, cosine decay 1e-3 → 1e-5, 10 000-update
+#: annealing, best-validation parameters kept) on one million patches of 45 000 training images, validated
+#: on 2 000 patches of the 5 000 held-out training images, evaluated with S = 1000 on 10 000 test patches.
+STORED = CifarConfig(mode="stored", updates=40_000, optimizer="adam", lr=1e-3, lr_final=1e-5, beta_warmup=10_000,
+                     hidden=400, n_train=1_000_000, valid_images=5000, valid_every=2000, valid_points=2000,
+                     eval_points=10_000, eval_samples=1000)
+PRESETS = {"fast": FAST, "stored": STORED, "full": FULL}
+#: Seed of the validation patches (drawn from the held-out training images).
+VALID_PATCH_SEED = 13
+
+
 def config_for(mode: str) -> CifarConfig:
-    """:data:`FAST` or :data:`FULL` for ``mode`` (``FLOWBOOK_MODE``)."""
-    if mode not in ("fast", "full"):
-        raise ValueError(f"mode must be 'fast' or 'full', got {mode!r}")
-    return FULL if mode == "full" else FAST
+    """:data:`FAST`, :data:`STORED` or :data:`FULL` for ``mode``."""
+    if mode not in PRESETS:
+        raise ValueError(f"mode must be one of {tuple(PRESETS)}, got {mode!r}")
+    return PRESETS[mode]
 
 
 def unit_patches(patches: Tensor, eps: float = EPS, seed: int | None = None) -> Tensor:
@@ -124,8 +138,23 @@ def to_pixels(y: Tensor, eps: float = EPS) -> Tensor:
 def train_data(cfg: CifarConfig, root: str | os.PathLike | None = None, images: Tensor | None = None) -> Tensor:
     """The ``cfg.n_train`` training patches as y (N, D), with fixed patch and noise seeds.
     ``images`` (the uint8 training split) skips reloading it."""
+    if images is None:
+        images, _ = fdata.load_cifar10("train", root)
+    if cfg.valid_images:
+        images = images[:images.shape[0] - cfg.valid_images]
     x = fdata.cifar10_patches("train", cfg.n_train, size=PATCH_SIZE, root=root, images=images)
     return unit_patches(x, cfg.eps, TRAIN_NOISE_SEED)
+
+
+def valid_data(cfg: CifarConfig, root: str | os.PathLike | None = None, images: Tensor | None = None) -> Tensor:
+    """``cfg.valid_points`` patches of the ``cfg.valid_images`` held-out training images, as y (N, D)."""
+    if not cfg.valid_images:
+        raise ValueError("this config holds out no training images (valid_images = 0): no validation set")
+    if images is None:
+        images, _ = fdata.load_cifar10("train", root)
+    held_out = images[images.shape[0] - cfg.valid_images:]
+    x = fdata.cifar10_patches("train", cfg.valid_points, size=PATCH_SIZE, seed=VALID_PATCH_SEED, images=held_out)
+    return unit_patches(x, cfg.eps, VALID_PATCH_SEED)
 
 
 def test_data(cfg: CifarConfig, root: str | os.PathLike | None = None, images: Tensor | None = None) -> Tensor:
@@ -147,7 +176,8 @@ def bpd_from_nats(nats: Tensor | float, dim: int = PATCH_DIM) -> Tensor | float:
     return fdata.bits_per_dim(-nats - dim * math.log(256.0), dim)
 
 
-def evaluate_rows(run: Run, x_test: Tensor, samples: int | None = None, seed: int = 1234) -> dict[int, dict[str, float]]:
+def evaluate_rows(run: Run, x_test: Tensor, samples: int | None = None, seed: int = 1234,
+                  rows: list | None = None) -> dict[int, dict[str, float]]:
     """Every row of a trained run on the test patches y: {K: metrics}, in nats per patch of v.
 
     Wraps :func:`flowbook.train.evaluate` (bound and importance-sampled ln p(x) with the same S draws)
@@ -157,12 +187,14 @@ def evaluate_rows(run: Run, x_test: Tensor, samples: int | None = None, seed: in
     samples = samples or cfg.eval_samples
     shift = -fdata.unit_interval_log_jacobian(cfg.data_dim, cfg.eps)  # −ln p_V = −ln p_Y + shift
     out = {}
-    for (_, K), row in zip(cfg.rows, run.model.rows()):
+    for (_, K), row in zip(cfg.rows, rows if rows is not None else run.final_rows()):
+        t0 = time.perf_counter()
         m = evaluate(row, x_test, samples, seed=seed, progress=False)
         bound, nll = m["neg_elbo"] + shift, m["neg_log_p"] + shift
         out[K] = {"neg_elbo": bound, "neg_log_p": nll, "kl": m["kl"],
                   "neg_elbo_sem": m["neg_elbo_sem"], "neg_log_p_sem": m["neg_log_p_sem"],
-                  "bpd": float(bpd_from_nats(nll, cfg.data_dim)), "points": m["points"], "samples": m["samples"]}
+                  "bpd": float(bpd_from_nats(nll, cfg.data_dim)), "points": m["points"], "samples": m["samples"],
+                  "eval_seconds": round(time.perf_counter() - t0, 3)}
     return out
 
 
@@ -173,26 +205,45 @@ def result_name(cfg: CifarConfig, K: int) -> str:
 
 
 def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, command: str | None = None,
-           x_test: Tensor | None = None) -> dict[int, dict[str, Any]]:
-    """Evaluate a finished run and write ``cifar10_<mode>_K<K>.json`` per row (with provenance)."""
+           x_test: Tensor | None = None, weights_dir: str | Path | None = None,
+           overwrite: bool = False) -> dict[int, dict[str, Any]]:
+    """Evaluate a finished run and write ``cifar10_<mode>_K<K>.json`` per row (with provenance).
+
+    Rows are evaluated with their best-validation parameters when the run validated; with
+    ``weights_dir`` they are rounded to float16 and saved there first (:mod:`flowbook.pretrained`)."""
+    from . import pretrained
+    from .train import refuse_overwrite
+
     cfg = run.config
+    if out_dir is not None:
+        for K in (k for _, k in cfg.rows):
+            refuse_overwrite(Path(out_dir) / f"{result_name(cfg, K)}.json", cfg, overwrite)
     if x_test is None:
         x_test = test_data(cfg)
-    t0 = time.perf_counter()
-    metrics = evaluate_rows(run, x_test)
-    eval_seconds = time.perf_counter() - t0
+    rows = run.final_rows()
+    if weights_dir is not None:
+        for (_, K), row in zip(cfg.rows, rows):
+            pretrained.round_like_saved(row)
+            pretrained.save(row, result_name(cfg, K), weights_dir)
+    metrics = evaluate_rows(run, x_test, rows=rows)
     if out_dir is not None:
         for r, (flow, K) in enumerate(cfg.rows):
+            best = run.best[r] if r < len(run.best) else None
+            eval_seconds = metrics[K]["eval_seconds"]
             config = {"train": asdict(cfg), "model": cfg.model_configs()[r].to_dict(),
                       "data": {"patch": f"3x{PATCH_SIZE}x{PATCH_SIZE}", "test_patch_seed": fdata.CIFAR10_TEST_PATCH_SEED,
                                "train_patch_seed": fdata.CIFAR10_TRAIN_PATCH_SEED, "noise_seeds":
                                [TRAIN_NOISE_SEED, TEST_NOISE_SEED], "dequantization": "(x + u)/256",
                                "eps": cfg.eps, "reported": "-ln p_V(v), nats per patch, v in [0,1)^D"},
                       "planar_impl": PLANAR_IMPL, "updates_done": run.step,
-                      "train_seconds": round(run.train_seconds, 3),
+                      "train_seconds": round(run.train_seconds, 3), "rows_trained_together": len(cfg.rows),
+                      "evaluated_at_update": best["step"] if best is not None else run.step,
+                      "weights": f"data/weights/{result_name(cfg, K)}.pt" if weights_dir is not None else None,
+                      "torch_threads": torch.get_num_threads(),
                       "log": [{"step": e["step"], "beta": e["beta"], "free_energy": e["free_energy"][r]}
-                              for e in run.log]}
-            save_result(result_name(cfg, K), config=config, metrics={**metrics[K], "eval_seconds": eval_seconds},
+                              for e in run.log],
+                      "valid_log": [{"step": e["step"], "free_energy": e["free_energy"][r]} for e in run.valid_log]}
+            save_result(result_name(cfg, K), config=config, metrics=metrics[K],
                         device=device, command=command, wall_time_s=run.train_seconds + eval_seconds,
                         directory=out_dir)
     return metrics
@@ -218,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m flowbook.cifar", description=main.__doc__)
     parser.add_argument("command", choices=("train",))
-    parser.add_argument("--mode", default="fast", choices=("fast", "full"))
+    parser.add_argument("--mode", default="fast", choices=tuple(PRESETS))
     parser.add_argument("--K", default=",".join(map(str, KS)), help="flow lengths trained together, e.g. 0,2,5,10")
     parser.add_argument("--updates", type=int)
     parser.add_argument("--variance", choices=("per_dim", "amortized"), help="logit-normal variance")
@@ -231,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--out", default="data/results", help="directory of the result JSON files")
     parser.add_argument("--ckpt-dir", dest="ckpt_dir", default="data/checkpoints/cifar10")
+    parser.add_argument("--weights-dir", dest="weights_dir",
+                        help="save each row's float16 weights here (default in stored mode: data/weights)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a stored result of another configuration")
     parser.add_argument("--max-minutes", dest="max_minutes", type=float,
                         help="checkpoint and stop after this much training time; run again to resume")
     args = parser.parse_args(argv)
@@ -244,13 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         changes["logit_normal_variance"] = args.variance
     cfg = dataclasses.replace(config_for(args.mode), **changes)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    run = train(cfg, x_train=train_data(cfg), device=device, ckpt_dir=args.ckpt_dir,
+    images, _ = fdata.load_cifar10("train")
+    x_valid = valid_data(cfg, images=images) if cfg.valid_every else None
+    run = train(cfg, x_train=train_data(cfg, images=images), x_valid=x_valid, device=device, ckpt_dir=args.ckpt_dir,
                 max_minutes=args.max_minutes, progress=False)
     if not run.finished:
         print(f"stopped at update {run.step}/{cfg.updates}; run the same command again to resume")
         return 3
     command = "python -m flowbook.cifar " + " ".join(shlex.quote(a) for a in argv)
-    metrics = finish(run, device=device, out_dir=args.out, command=command)
+    weights_dir = args.weights_dir or ("data/weights" if cfg.mode == "stored" else None)
+    metrics = finish(run, device=device, out_dir=args.out, command=command, weights_dir=weights_dir,
+                     overwrite=args.overwrite)
     for K, m in metrics.items():
         print(f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "
               f"({m['bpd']:.3f} bits/dim; S = {m['samples']}, {m['points']} test patches)")
