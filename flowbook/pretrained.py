@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from .models import DLGM, DLGMConfig
-from .results import REPO_ROOT
+from .results import REPO_ROOT, load_results
 
-__all__ = ["WEIGHTS_DIR", "FORMAT", "weights_name", "save", "load", "load_file", "round_like_saved"]
+__all__ = ["WEIGHTS_DIR", "FORMAT", "weights_name", "save", "load", "load_file", "round_like_saved", "stored_results"]
 
 WEIGHTS_DIR = REPO_ROOT / "data" / "weights"
 FORMAT = "flowbook-dlgm-weights-1"
@@ -86,3 +86,17 @@ def load(flow: str, K: int, dataset: str = "mnist", protocol: str = "stored", *,
     """The trained row (``flow``, ``K``) of ``dataset`` (``"mnist"``: Table 2, ``"cifar10"``: Table 3)."""
     directory = Path(directory) if directory is not None else WEIGHTS_DIR
     return load_file(directory / f"{weights_name(dataset, flow, K, protocol)}.pt", device, dtype)
+
+
+def stored_results(dataset: str = "mnist", protocol: str = "stored",
+                   directory: str | Path | None = None) -> dict[tuple[str, int], dict]:
+    """The stored rows of ``dataset`` that finished all their updates: {(flow, K): result record}, with
+    K = 0 as ``("diagonal", 0)``; unlabelled runs only (a label marks a dry run or a variant)."""
+    out = {}
+    for record in load_results(f"{dataset}_{protocol}_", directory):
+        cfg = record["config"]
+        if cfg["train"].get("label") or cfg.get("updates_done", 0) < cfg["train"]["updates"]:
+            continue
+        model = cfg["model"]
+        out[("diagonal", 0) if model["K"] == 0 else (model["flow"], model["K"])] = record
+    return out

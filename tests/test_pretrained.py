@@ -1,0 +1,80 @@
+"""Tests of flowbook.pretrained: float16 weights round-trip, damaged files are named, and the committed
+weights of the stored runs reproduce their stored results."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flowbook import data, pretrained
+from flowbook.models import DLGM, DLGMConfig
+from flowbook.train import evaluate
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("flow, K", [("planar", 0), ("planar", 3), ("nice", 2), ("radial", 2)])
+def test_save_then_load_gives_the_rounded_model(tmp_path, flow, K):
+    model = DLGM(DLGMConfig(flow=flow, K=K, hidden=16))
+    pretrained.round_like_saved(model)
+    path = pretrained.save(model, "m", tmp_path)
+    loaded = pretrained.load_file(path)
+    assert loaded.config == model.config
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert torch.equal(p, q), name
+    for (name, b), (_, c) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert torch.equal(b, c), name  # NICE's mixings are rebuilt from the seed, exactly
+    assert all(t.dtype == torch.float16 for t in torch.load(path, weights_only=True)["state"].values())
+
+
+def test_rounding_changes_the_loss_by_little():
+    model = DLGM(DLGMConfig(flow="planar", K=4, hidden=16)).double()
+    x = (torch.rand(20, 784, generator=torch.Generator().manual_seed(0)) < 0.3).double()
+    eps = torch.randn(20, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    before = model.loss(x, eps).item()
+    after = pretrained.round_like_saved(model).loss(x, eps).item()
+    assert before != after and abs(before - after) < 1e-2 * abs(before)
+
+
+def test_missing_and_damaged_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        pretrained.load("planar", 7, directory=tmp_path)
+    bad = tmp_path / "mnist_stored_planar_K7.pt"
+    for content in (b"", b"not a torch file", b"PK\x03\x04 truncated zip"):
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match="mnist_stored_planar_K7.pt"):
+            pretrained.load("planar", 7, directory=tmp_path)
+    torch.save({"something": 1}, bad)
+    with pytest.raises(ValueError, match="not a flowbook weights file"):
+        pretrained.load("planar", 7, directory=tmp_path)
+
+
+def test_names():
+    assert pretrained.weights_name("mnist", "planar", 80) == "mnist_stored_planar_K80"
+    assert pretrained.weights_name("mnist", "nice", 0) == "mnist_stored_diagonal"
+    assert pretrained.weights_name("cifar10", "planar", 5) == "cifar10_stored_K5"
+
+
+MNIST_ROWS = sorted(pretrained.stored_results("mnist"))
+
+
+@pytest.mark.parametrize("row", MNIST_ROWS, ids=[f"{f}{k}" for f, k in MNIST_ROWS])
+def test_committed_mnist_weights_reproduce_their_stored_bound(row):
+    """The committed weights of each stored Table 2 row, evaluated on the first 300 test digits, give a
+    −ELBO within 3 standard errors of the stored whole-test-set value (and the same binarization)."""
+    record = pretrained.stored_results("mnist")[row]
+    assert record["config"]["binarization"] == data.binarized_mnist_source()
+    model = pretrained.load(*row)
+    assert model.config.to_dict() == record["config"]["model"]
+    m = evaluate(model, data.binarized_mnist("test")[:300], samples=20, progress=False)
+    stored = record["metrics"]
+    assert math.isfinite(m["neg_elbo"])
+    assert abs(m["neg_elbo"] - stored["neg_elbo"]) < 3 * m["neg_elbo_sem"], (m, stored["neg_elbo"])
+    assert m["neg_log_p"] <= m["neg_elbo"] + 1e-6
