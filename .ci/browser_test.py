@@ -2,12 +2,23 @@
 
     pytest .ci/browser_test.py          # after `jupyter-book build` with .ci/offline_config.py
 
-For each chapter page (and the intro and notation pages) it checks the title, that MathJax typeset
-the math without errors (``<mjx-container>`` elements, no ``<mjx-merror>``), that every image loaded
-(``naturalWidth > 0``), that stored widgets rendered, and that the browser logged no failed request;
-it saves screenshots in ``_build/screenshots/``. The page is served from
-``python -m http.server --bind 127.0.0.1``, and the browser runs without network: MathJax and the
-widget libraries must come from _vendor/ (see .ci/vendor.sh and .ci/offline_config.py).
+For each chapter page (and the intro, notation and instructor pages) it checks
+
+- the title, and that MathJax typeset the math without errors (``<mjx-container>`` elements, no
+  ``<mjx-merror>``), that every image loaded (``naturalWidth > 0``) and that stored widgets rendered;
+- that the browser console stays clean: every SEVERE entry (a JavaScript error, a failed request) fails;
+- the solutions: every markdown cell tagged ``solution`` in the chapter's notebook renders *inside* a
+  dropdown admonition (its first and last sentences are found in one), no admonition is empty, no
+  code block is empty and no code block sits directly after a dropdown (a nested code fence that closed
+  the dropdown early leaves exactly these traces);
+- horizontal overflow: with every dropdown opened, no paragraph, list, table or formula outside code
+  cells reaches beyond the content column or scrolls inside it (display math that does not fit is cut
+  by the theme); code cells may scroll;
+- that no rendered table shows a raw ``NaN``/``nan``.
+
+It saves screenshots in ``_build/screenshots/``. The page is served from ``python -m http.server
+--bind 127.0.0.1``, and the browser runs without network: MathJax and the widget libraries must come
+from _vendor/ (see .ci/vendor.sh and .ci/offline_config.py).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; skips without them
 unless ``CI`` is set (then missing tools are an error).
@@ -41,7 +52,7 @@ try:
 except ImportError:  # pragma: no cover - reported by the skip/fail below
     webdriver = None
 
-PAGES = (["intro.html", "notation.html"]
+PAGES = (["intro.html", "notation.html", "instructor.html"]
          + sorted(str(p.relative_to(HTML)) for p in (HTML / "chapters").glob("*.html"))
          if HTML.exists() else [])
 
@@ -74,6 +85,45 @@ def chapter_title(page: str) -> str | None:
             if match:
                 return match.group(1)
     return None
+
+
+def solution_cells(page: str) -> list[str]:
+    """Sources of the markdown cells tagged ``solution`` in the chapter's notebook."""
+    if not page.startswith("chapters/"):
+        return []
+    nb = json.loads((ROOT / page).with_suffix(".ipynb").read_text())
+    return ["".join(c["source"]) for c in nb["cells"]
+            if c["cell_type"] == "markdown" and "solution" in c.get("metadata", {}).get("tags", [])]
+
+
+# Runs of at least four plain words; math, code, links, roles and emphasis break a run, so that the
+# phrase reads the same in the notebook and in the rendered text (Sphinx's smart quotes and MathJax's
+# output never occur inside one).
+_PHRASE = re.compile(r"[A-Za-z]+(?:,? [A-Za-z]+){3,}")
+_MARKUP = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`|\{[^}]*\}|\[[^\]]*\]\([^)]*\)|[*_\"'’“”()\[\]]",
+                     flags=re.S)
+
+
+def solution_phrases(source: str) -> tuple[str, str] | None:
+    """The first and last plain-word phrases of a solution cell's prose (fences, options and code
+    blocks left out), or None when it has none."""
+    prose, fence = [], None
+    for line in source.splitlines():
+        stripped = line.strip()
+        opener = re.match(r"^(`{3,}|:{3,})", stripped)
+        if fence is None and opener and not re.match(r"^(`{3,}|:{3,})\s*\{admonition\}", stripped):
+            fence = opener.group(1)  # a code block inside the solution: skip to its end
+            continue
+        if fence is not None:
+            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
+                fence = None
+            continue
+        if opener or re.match(r"^:\w+:", stripped):
+            continue  # the admonition's own fences and options
+        prose.append(stripped if stripped else "\n")
+    text = _MARKUP.sub("|", " ".join(prose))
+    phrases = _PHRASE.findall(text)
+    return (phrases[0], phrases[-1]) if phrases else None
 
 
 def free_port() -> int:
@@ -151,17 +201,102 @@ const done = arguments[arguments.length - 1];
 """
 
 
-# Console errors from the jupyter-book 1 stack itself, the same on every page and harmless:
-KNOWN_NOISE = (
-    "favicon",
-    # sphinx-thebe's inline config is emitted twice by jupyter-book 1 (thebe is off in this book)
-    "Identifier 'THEBE_JS_URL' has already been declared",
-    # pydata-sphinx-theme logs this on a first visit, before a light/dark choice is stored
-    "Got invalid theme mode",
-    # the ipywidgets 8 HTML manager typesets widget labels with MathJax 2's MathJax.Hub.Queue, which
-    # MathJax 3 lacks; the widget still renders (its label stays plain text)
-    "reading 'Queue'",
-)
+# Run after the screenshots: opens every dropdown (solutions are read open too), then reports the
+# admonitions, code blocks, tables and anything that overflows the content column.
+LAYOUT = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('article') || document.body;
+  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const norm = t => (t || '').replace(/\\s+/g, ' ').trim();
+  const short = t => { t = norm(t); return t.length > 90 ? t.slice(0, 87) + '...' : t; };
+  // Code cells (input and output) may scroll; everything else must fit the column.
+  const inCode = el => !!el.closest('div.cell, div.highlight, pre, .output, .cell_output');
+  const tex = el => {
+    try {
+      const items = MathJax.startup.document.getMathItemsWithin(el);
+      if (items.length) return items[0].math;
+    } catch (e) { /* MathJax missing: fall back to the text */ }
+    return el.textContent;
+  };
+
+  // Admonitions: the body must hold something; a dropdown must not be followed by a code block.
+  const admonitions = Array.from(article.querySelectorAll('div.admonition'));
+  const emptyAdmonitions = admonitions.filter(a => {
+    const body = Array.from(a.children).filter(c => !c.classList.contains('admonition-title'));
+    return !body.some(c => norm(c.textContent) || c.querySelector('img, mjx-container, table'));
+  }).map(a => short(a.textContent));
+  const codeAfterDropdown = admonitions.filter(a => a.classList.contains('dropdown')).map(a => a.nextElementSibling)
+      .filter(n => n && (n.matches('div[class*="highlight"], pre') || n.querySelector(':scope > div.highlight')))
+      .map(n => short(n.textContent) || '(empty)');
+  const emptyCode = Array.from(article.querySelectorAll('pre'))
+      .filter(p => !norm(p.textContent) && !p.closest('.cell_output, .output')).length;
+  const dropdownText = admonitions.filter(a => a.classList.contains('dropdown')).map(a => norm(a.textContent));
+
+  // Horizontal overflow, measured on the open page against the article's content box.
+  const box = article.getBoundingClientRect();
+  const left = box.left + parseFloat(getComputedStyle(article).paddingLeft);
+  const right = box.right - parseFloat(getComputedStyle(article).paddingRight);
+  const overflow = [];
+  const report = (kind, el, what, r, extra) => {
+    overflow.push(`${kind} ${what}: ${Math.round(r.left - left)}..${Math.round(r.right - left)} px of a ` +
+                  `${Math.round(right - left)} px column${extra || ''}`);
+  };
+  for (const el of article.querySelectorAll('p, li, dt, dd, blockquote, h1, h2, h3, h4, table')) {
+    if (inCode(el)) continue;
+    const r = el.getBoundingClientRect();
+    if (!r.width) continue;
+    const kind = el.tagName.toLowerCase();
+    if (r.right > right + 2 || r.left < left - 2) { report(kind, el, `"${short(el.textContent)}"`, r); continue; }
+    // a table wider than its scroll container is cut off, with a scrollbar at best
+    const holder = kind === 'table' ? el.parentElement : el;
+    if (holder.scrollWidth > holder.clientWidth + 2) {
+      report(kind, el, `"${short(el.textContent)}"`, r, ` (scrolls: ${holder.scrollWidth} px in ${holder.clientWidth})`);
+    }
+  }
+  for (const el of article.querySelectorAll('mjx-container')) {
+    if (inCode(el)) continue;
+    const math = el.querySelector('mjx-math');
+    if (!math) continue;
+    const r = math.getBoundingClientRect();
+    if (!r.width) continue;
+    // The theme clips inline math at its span.math and scrolls display math inside its mjx-container:
+    // the typeset formula must lie within that box and within the column.
+    const clip = (el.getAttribute('display') === 'true' ? el : el.closest('.math') || el).getBoundingClientRect();
+    const limitRight = Math.min(right, clip.right), limitLeft = Math.max(left, clip.left);
+    if (r.right > limitRight + 2 || r.left < limitLeft - 2) {
+      const kind = el.getAttribute('display') === 'true' ? 'display math' : 'inline math';
+      report(kind, el, short(tex(el)), r, r.right > right + 2 ? '' : ` (cut at ${Math.round(clip.right - left)} px)`);
+    }
+  }
+
+  // Tables must not show raw NaN: a missing value is written out ("n/a", "-") or explained.
+  const nan = Array.from(new Set(Array.from(article.querySelectorAll('table td, table th'))
+      .filter(c => /(^|[^A-Za-z])nan([^A-Za-z]|$)/i.test(c.textContent)).map(c => c.closest('tr'))))
+      .map(row => short(row.textContent));
+
+  done({emptyAdmonitions, codeAfterDropdown, emptyCode, dropdownText, overflow, nan});
+})().catch(e => done({error: String(e)}));
+"""
+
+
+# Known problems on pages that are being rebuilt by their owner (chapters 5 and 6 only), let through
+# by name so that every other page is held to the checks. Keyed by page and by check; each entry is a
+# substring of the one message it lets pass. Delete an entry as soon as its page is fixed.
+ALLOWED: dict[str, dict[str, tuple[str, ...]]] = {
+    "chapters/06_cifar10.html": {
+        # section 6.2: the display equation "ln p_V(v) = ln p_Y(y) + D ln(1 - 2 eps), D ln(1 - 2 eps) =
+        # ..." is about 800 px wide in the 688 px column, so its right end is cut off
+        "overflow": (r"display math \ln p_V(\mathbf{v}) = \ln p_Y(\mathbf{y}) + D \ln(1 - 2",),
+    },
+}
+
+
+def allowed(page: str, check: str, message: str) -> bool:
+    return any(k in message for k in ALLOWED.get(page, {}).get(check, ()))
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -176,7 +311,16 @@ def test_page_renders(page, server, browser):
         browser.execute_script("window.scrollTo(0, arguments[0] - 100);", info["firstFigureY"])
         time.sleep(0.3)
         browser.save_screenshot(str(SHOTS / f"{stem}__figure.png"))
+    layout = browser.execute_async_script(LAYOUT)
+    assert "error" not in layout, layout.get("error")
     problems = []
+
+    def check(name: str, messages: list[str], limit: int = 8) -> None:
+        kept = [m for m in messages if not allowed(page, name, m)]
+        if kept:
+            more = f" (and {len(kept) - limit} more)" if len(kept) > limit else ""
+            problems.append(f"{name}:\n    " + "\n    ".join(kept[:limit]) + more)
+
     expected = chapter_title(page)
     if expected is not None:
         # MyST renders inline markup in the heading; compare the words only
@@ -197,10 +341,29 @@ def test_page_renders(page, server, browser):
         problems.append(f"{info['widgetViews']} stored widget views but none rendered")
     if info["widgetErrors"]:
         problems.append(f"{info['widgetErrors']} widgets show 'Error displaying widget'")
-    failed = [entry["message"] for entry in browser.get_log("browser")
-              if entry["level"] == "SEVERE" and not any(k in entry["message"] for k in KNOWN_NOISE)]
-    if failed:
-        problems.append(f"browser errors: {failed[:5]}")
+
+    # Solutions: each solution cell of the notebook must render inside one dropdown.
+    leaks = []
+    solutions = solution_cells(page)
+    dropdowns = " || ".join(layout["dropdownText"])
+    for number, source in enumerate(solutions, 1):
+        phrases = solution_phrases(source)
+        missing = [p for p in (phrases or ()) if p not in dropdowns]
+        if missing:
+            leaks.append(f"solution cell {number}: {missing[-1]!r} is not inside a dropdown (a code fence "
+                         "nested in the admonition's fence closes it early: use ```` or ::: outside)")
+    if len(layout["dropdownText"]) < len(solutions):
+        leaks.append(f"{len(solutions)} solution cells but {len(layout['dropdownText'])} dropdowns")
+    leaks += [f"empty admonition: {t!r}" for t in layout["emptyAdmonitions"]]
+    leaks += [f"code block directly after a dropdown: {t!r}" for t in layout["codeAfterDropdown"]]
+    if layout["emptyCode"]:
+        leaks.append(f"{layout['emptyCode']} empty code block(s) outside cell outputs")
+    check("admonitions", leaks)
+    check("overflow", layout["overflow"])
+    check("NaN in tables", [f"row {row!r}" for row in layout["nan"]])
+    # Every SEVERE console entry is an error a reader's browser shows: JavaScript errors and failed requests.
+    check("console errors", [entry["message"] for entry in browser.get_log("browser")
+                             if entry["level"] == "SEVERE"])
     print(f"{page}: title={info['title']!r} math={info['math']} typeset={info['mjx']} "
-          f"images={len(info['images'])} widgets={info['widgetViews']}")
+          f"images={len(info['images'])} widgets={info['widgetViews']} solutions={len(solutions)}")
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
