@@ -8,13 +8,23 @@ those cells removed, so an instructor can give students the exercises and keep t
     python -m flowbook.instructor strip chapters/03_flow_elbo.ipynb --out handout/ --clear-outputs
     python -m flowbook.instructor count chapters/*.ipynb     # solution cells per notebook
 
-Only the standard library is used, so it runs wherever Python does (also in Colab). The notebooks
-are read and written as plain JSON (nbformat 4), which keeps every other cell byte-for-byte equal.
+``student-book`` copies the whole book into a folder as its *student edition* (solution cells
+stripped, the instructor guide replaced by a note, no Colab links to the full notebooks), ready for
+``jupyter-book build``; ``.ci/build_student_edition.sh`` does both and leaves the HTML in
+``_build/student/html``::
+
+    python -m flowbook.instructor student-book --out /tmp/student-book
+
+Only the standard library is used, so it runs wherever Python does (also in Colab); ``student-book``
+also reads the book's ``_config.yml`` with PyYAML, which jupyter-book brings. The notebooks are read
+and written as plain JSON (nbformat 4), which keeps every other cell byte-for-byte equal.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -88,6 +98,67 @@ def strip_files(sources: Iterable[Path], out_dir: Path, *, clear_outputs: bool =
     return written
 
 
+#: What the book build does not need: top-level entries of the repository left out of the student
+#: edition's copy (besides hidden ones and ``*.egg-info``). ``_vendor`` (offline MathJax and widget
+#: libraries) is linked instead, for builds with .ci/offline_config.py's configuration.
+NOT_BOOK = frozenset({"_build", "_vendor", "data", "node_modules", "handout", "flowbook", "tests",
+                      "benchmarks", "__pycache__"})
+
+#: The student edition's instructor page: same file name, so links and the table of contents still work.
+STUDENT_INSTRUCTOR_PAGE = """# Instructor guide
+
+This is the **student edition** of the book. The worked solutions of the exercises and the instructor
+guide (teaching plan, expected answers and marking notes) are not part of it; your instructor has
+them. Every exercise is at the end of its chapter, and the numerical checks in each chapter tell you
+whether a derivation you reproduce in code is right.
+"""
+
+
+def student_book(root: str | os.PathLike, dest: str | os.PathLike, *, config: str | os.PathLike | None = None,
+                 tag: str = SOLUTION_TAG) -> list[tuple[Path, int]]:
+    """Copy the book at ``root`` into the new folder ``dest`` as its student edition.
+
+    Every notebook loses its cells tagged ``tag`` (outputs kept), ``instructor.md`` becomes
+    :data:`STUDENT_INSTRUCTOR_PAGE`, and ``_config.yml`` (read from ``config``, default the book's own)
+    gets " (student edition)" after its title and no Colab launch links, which would open the full
+    notebooks. Returns ``(notebook, cells removed)`` pairs. The sources are not modified.
+    """
+    import yaml  # jupyter-book's dependency; only this function needs it
+
+    root, dest = Path(root).resolve(), Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise SystemExit(f"{dest} is not empty: choose a new folder for the student edition")
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(root.iterdir()):
+        if entry.name in NOT_BOOK or entry.name.startswith(".") or entry.name.endswith(".egg-info"):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name,
+                            ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc"))
+        else:
+            shutil.copy2(entry, dest / entry.name)
+    stripped = []
+    for path in sorted(dest.rglob("*.ipynb")):
+        nb = read_notebook(path)
+        out = strip_notebook(nb, tag=tag)
+        write_notebook(out, path)
+        stripped.append((path, len(nb["cells"]) - len(out["cells"])))
+    if (root / "_vendor").is_dir():
+        (dest / "_vendor").symlink_to(root / "_vendor", target_is_directory=True)
+    if (dest / "instructor.md").exists():
+        (dest / "instructor.md").write_text(STUDENT_INSTRUCTOR_PAGE, encoding="utf-8")
+
+    cfg = yaml.safe_load(Path(config or root / "_config.yml").read_text(encoding="utf-8")) or {}
+    cfg["title"] = f"{cfg.get('title', 'flowbook')} (student edition)"
+    launch = cfg.get("launch_buttons") or {}
+    launch.pop("colab_url", None)
+    cfg["launch_buttons"] = launch
+    (dest / "_config.yml").write_text(
+        "# Student edition, written by `python -m flowbook.instructor student-book`; do not edit.\n"
+        + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return stripped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowbook.instructor",
                                      description="Hand out flowbook chapters without their solutions.")
@@ -98,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     strip.add_argument("--clear-outputs", action="store_true",
                        help="also remove the outputs of code cells")
     strip.add_argument("--tag", default=SOLUTION_TAG, help="cell tag to remove (default: %(default)s)")
+    book = sub.add_parser("student-book", help="copy the book without solutions into a new folder, "
+                                               "ready for `jupyter-book build`")
+    book.add_argument("--out", required=True, type=Path, metavar="DIR", help="new (or empty) folder")
+    book.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
+                      help="the book's root (default: this checkout)")
+    book.add_argument("--config", type=Path, help="configuration to start from (default: ROOT/_config.yml)")
+    book.add_argument("--tag", default=SOLUTION_TAG)
     count = sub.add_parser("count", help="print the number of solution cells in each notebook")
     count.add_argument("sources", nargs="+", type=Path, metavar="SRC")
     count.add_argument("--tag", default=SOLUTION_TAG)
@@ -107,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         for dest, removed in strip_files(args.sources, args.out, clear_outputs=args.clear_outputs,
                                          tag=args.tag):
             print(f"{dest}: removed {removed} cell(s) tagged {args.tag!r}")
+    elif args.command == "student-book":
+        stripped = student_book(args.root, args.out, config=args.config, tag=args.tag)
+        removed = sum(n for _, n in stripped)
+        print(f"{args.out}: student edition of {args.root} ({len(stripped)} notebooks, {removed} cell(s) "
+              f"tagged {args.tag!r} removed)")
     else:
         for src in args.sources:
             print(f"{src}: {count_solutions(read_notebook(src), args.tag)} cell(s) tagged {args.tag!r}")

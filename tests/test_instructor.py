@@ -112,3 +112,43 @@ def test_real_chapter_has_solutions_and_strips_clean(chapter, tmp_path):
     stripped = json.loads((tmp_path / chapter.name).read_text())
     assert count_solutions(stripped) == 0
     assert len(stripped["cells"]) == len(nb["cells"]) - count_solutions(nb)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not CHAPTERS, reason="no chapter notebooks yet")
+def test_student_book_has_no_solutions(tmp_path):
+    """The copy that .ci/build_student_edition.sh builds: every chapter, none of its solution cells, no
+    instructor guide, no Colab links to the full notebooks; the sources untouched (no book build here)."""
+    yaml = pytest.importorskip("yaml")
+    from flowbook.instructor import STUDENT_INSTRUCTOR_PAGE, student_book
+
+    book = tmp_path / "book"
+    stripped = student_book(ROOT, book)
+    notebooks = sorted((book / "chapters").glob("*.ipynb"))
+    assert [p.name for p in notebooks] == [p.name for p in CHAPTERS]
+    assert {p for p, _ in stripped} >= set(notebooks)
+    for path in notebooks:
+        nb = json.loads(path.read_text())
+        assert count_solutions(nb) == 0, path.name
+        leftovers = [c for c in nb["cells"] if c["cell_type"] == "markdown"
+                     and "{admonition} Solution" in "".join(c["source"])]
+        assert not leftovers, f"{path.name}: a solution admonition in a cell without the 'solution' tag"
+        original = json.loads((ROOT / "chapters" / path.name).read_text())
+        assert count_solutions(original) >= 3
+        assert len(nb["cells"]) == len(original["cells"]) - count_solutions(original)
+    instructor = (book / "instructor.md").read_text()
+    assert instructor == STUDENT_INSTRUCTOR_PAGE
+    config = yaml.safe_load((book / "_config.yml").read_text())
+    assert config["title"].endswith("(student edition)")
+    assert not config["launch_buttons"].get("colab_url")
+    assert (book / "_toc.yml").is_file() and not (book / "tests").exists() and not (book / ".git").exists()
+
+
+def test_student_book_refuses_a_full_folder(tmp_path):
+    from flowbook.instructor import student_book
+
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="not empty"):
+        student_book(ROOT, tmp_path)
