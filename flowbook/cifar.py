@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -264,6 +265,47 @@ def load_full_results(directory: str | Path | None = None) -> dict[int, dict[str
     return out
 
 
+#: Bounds of the command line's options (beyond them a value is almost surely a typo): one million training
+#: patches are the full protocol's, ten million take 7.7 GB as float32; the full test set is 10 000 patches.
+MAX_N_TRAIN = 10_000_000
+MAX_EVAL_POINTS = 100_000
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[int, ...]:
+    """Refuse out-of-range options before any data loads (exit status 2, one line naming the option);
+    returns the flow lengths of ``--K``."""
+    from .__main__ import (MAX_K, MAX_SEED, usage_error, check_device, check_float, check_int, check_label,
+                           check_writable_dir)
+
+    Ks = []
+    for item in args.K.split(","):
+        item = item.strip()
+        if not re.fullmatch(r"\d+", item):
+            usage_error(parser, f"--K must be comma-separated flow lengths in 0..{MAX_K}, e.g. 0,2,5,10; "
+                                f"got {args.K!r} ({item!r} is not a non-negative integer)")
+        check_int(parser, "--K", int(item), 0, MAX_K, " (the paper's Table 3 uses 0, 2, 5, 10)")
+        Ks.append(int(item))
+    if len(set(Ks)) != len(Ks):
+        usage_error(parser, f"--K lists a flow length twice ({args.K!r}); each row's results are named by K")
+    preset = config_for(args.mode)
+    check_int(parser, "--updates", args.updates, 1)
+    check_int(parser, "--n-train", args.n_train, preset.batch_size, MAX_N_TRAIN,
+              f" (at least one minibatch of {preset.batch_size})")
+    check_int(parser, "--eval-points", args.eval_points, 1, MAX_EVAL_POINTS)
+    check_int(parser, "--eval-samples", args.eval_samples, 1)
+    check_int(parser, "--seed", args.seed, 0, MAX_SEED)
+    check_int(parser, "--threads", args.threads, 1)
+    check_float(parser, "--max-minutes", args.max_minutes, 0.0)
+    check_label(parser, "--label", args.label)
+    check_device(parser, "--device", args.device)
+    check_writable_dir(parser, "--ckpt-dir", args.ckpt_dir)
+    check_writable_dir(parser, "--out", args.out)
+    weights_dir = args.weights_dir or ("data/weights" if args.mode == "stored" else None)
+    if weights_dir is not None:
+        check_writable_dir(parser, "--weights-dir", weights_dir)
+    return tuple(Ks)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m flowbook.cifar train ...``: train the four rows of Table 3 together, then evaluate."""
     argv = sys.argv[1:] if argv is None else argv
@@ -287,21 +329,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a stored result of another configuration")
     parser.add_argument("--max-minutes", dest="max_minutes", type=float,
                         help="checkpoint and stop after this much training time; run again to resume")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete this configuration's checkpoint (e.g. a damaged one) and start over")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    changes: dict[str, Any] = {"rows": tuple(("planar", int(k)) for k in args.K.split(","))}
+    Ks = _check_args(args, parser)
+    from .train import CheckpointError, refuse_overwrite
+
+    changes: dict[str, Any] = {"rows": tuple(("planar", k) for k in Ks)}
     for name in ("updates", "n_train", "eval_points", "eval_samples", "label", "seed"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.variance is not None:
         changes["logit_normal_variance"] = args.variance
     cfg = dataclasses.replace(config_for(args.mode), **changes)
+    error = f"{parser.prog} {args.command}: error: "
+    try:  # a stored result of another configuration is refused now, not after hours of training
+        for K in Ks:
+            refuse_overwrite(Path(args.out) / f"{result_name(cfg, K)}.json", cfg, args.overwrite)
+    except FileExistsError as err:
+        print(error + str(err), file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     images, _ = fdata.load_cifar10("train")
     x_valid = valid_data(cfg, images=images) if cfg.valid_every else None
-    run = train(cfg, x_train=train_data(cfg, images=images), x_valid=x_valid, device=device, ckpt_dir=args.ckpt_dir,
-                max_minutes=args.max_minutes, progress=False)
+    try:
+        run = train(cfg, x_train=train_data(cfg, images=images), x_valid=x_valid, device=device,
+                    ckpt_dir=args.ckpt_dir, max_minutes=args.max_minutes, progress=False, restart=args.restart)
+    except CheckpointError as err:
+        print(error + str(err), file=sys.stderr)
+        return 2
     if not run.finished:
         print(f"stopped at update {run.step}/{cfg.updates}; run the same command again to resume")
         return 3

@@ -74,6 +74,11 @@ def _num_layers(p: Tensor, trailing: int) -> int:
     return p.shape[p.dim() - trailing - 1]
 
 
+def _identity(z: Tensor) -> tuple[Tensor, Tensor]:
+    """K = 0 layers: the identity map, whose log-det is 0 for every example (shape (batch,), as for K ≥ 1)."""
+    return z, z.new_zeros(z.shape[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # planar flow (eq. 10–12, Appendix A)
 # ----------------------------------------------------------------------------------------------
@@ -135,9 +140,11 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         b: (K,) or (batch, K).
     Returns:
         (z_K, log_det) with log_det = Σ_k ln|1 + u_kᵀψ_k(z_{k−1})| of shape (batch,) (eq. 12),
-        computed in O(D) per layer by the matrix determinant lemma.
+        computed in O(D) per layer by the matrix determinant lemma. K = 0 is the identity (log_det 0).
     """
     _check_planar(z, u, w, b, "planar")
+    if _num_layers(b, 0) == 0:
+        return _identity(z)
     u_hat, one_plus_wu_hat = planar_constrain(u, w)
     pre_activations = []
     # unbind (not w[:, k]) so the backward pass does not materialize a full-size gradient per layer
@@ -145,7 +152,7 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a = (z * w_k).sum(-1) + b_k
         z = z + u_k * torch.tanh(a).unsqueeze(-1)
         pre_activations.append(a)
-    a = torch.stack(pre_activations, -1) if pre_activations else one_plus_wu_hat  # (batch, K); K = 0: empty
+    a = torch.stack(pre_activations, -1)  # (batch, K)
     return z, _planar_log_det(a, one_plus_wu_hat)
 
 
@@ -173,6 +180,8 @@ def planar_inverse(y: Tensor, u: Tensor, w: Tensor, b: Tensor, iters: int = 100)
     monotone scalar equation (Appendix A), solved by bisection; then z = y − û·tanh(a).
     """
     _check_planar(y, u, w, b, "planar_inverse")
+    if _num_layers(b, 0) == 0:
+        return _identity(y)
     u_hat, one_plus_wu_hat = planar_constrain(u, w)
     c = one_plus_wu_hat - 1.0  # wᵀû per layer
     z = y
@@ -231,9 +240,11 @@ def radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, 
         z0: reference points, (K, D) or (batch, K, D).
         alpha, beta: raw parameters, (K,) or (batch, K); constrained by :func:`radial_constrain`.
     Returns:
-        (z_K, log_det) with log_det of shape (batch,).
+        (z_K, log_det) with log_det of shape (batch,). K = 0 is the identity (log_det 0).
     """
     _check_radial(z, z0, alpha, beta, "radial")
+    if _num_layers(alpha, 0) == 0:
+        return _identity(z)
     a, bt, a_plus_b = radial_constrain(alpha, beta)
     radii = []
     for z0_k, a_k, b_k in zip(z0.unbind(-2), a.unbind(-1), bt.unbind(-1)):
@@ -253,6 +264,8 @@ def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[
     r² + (α + β − ρ)r − αρ = 0; then z = z0 + (y − z0)·(α + r)/(α + β + r).
     """
     _check_radial(y, z0, alpha, beta, "radial_inverse")
+    if _num_layers(alpha, 0) == 0:
+        return _identity(y)
     a, _, a_plus_b = radial_constrain(alpha, beta)
     z = y
     radii = []

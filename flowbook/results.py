@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import torch
 
@@ -41,10 +43,26 @@ def describe_device(device: torch.device | str) -> str:
     return f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or ±inf float replaced by None (JSON null): Python's json writes them as
+    ``NaN``/``Infinity``, which strict JSON readers (browsers, jq, most languages) reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], wall_time_s: float,
                 device: torch.device | str, command: str | None = None,
                 directory: Path | str | None = None) -> Path:
-    """Write ``<directory>/<name>.json`` with provenance and return its path."""
+    """Write ``<directory>/<name>.json`` with provenance and return its path.
+
+    The file is strict JSON: a NaN or infinite number (e.g. a diverged metric) is written as null.
+    Concurrent writers of the same name do not disturb each other: each writes its own temporary
+    file and renames it into place, so the file holds one complete record (the last rename wins)."""
     directory = Path(directory) if directory is not None else RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     record = {
@@ -58,10 +76,16 @@ def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], w
         "config": config,
         "metrics": metrics,
     }
+    text = json.dumps(_finite_or_null(record), indent=2, sort_keys=False, allow_nan=False) + "\n"
     path = directory / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    # one temporary file per call (pid and a random tag), in the same directory so the rename is atomic
+    tmp = directory / f".{name}.json.{os.getpid()}.{uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -69,9 +93,16 @@ def load_result(path: Path | str) -> dict[str, Any]:
     """Read a result and check that its provenance fields are present."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}); delete it and re-run the experiment") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run the experiment") from err
+    if not isinstance(record, dict):
+        kind = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+                list: "array"}.get(type(record), type(record).__name__)
+        raise ValueError(f"{path} holds a JSON {kind}, not a result record (an object with "
+                         f"{', '.join(REQUIRED)}); delete it and re-run the experiment")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise ValueError(f"{path} lacks provenance fields {missing}; re-run the experiment to regenerate it")

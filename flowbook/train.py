@@ -16,16 +16,21 @@ Checkpoints hold the parameters, the optimizer state, the noise generator's stat
 and the training log, written atomically every ``ckpt_every`` updates and when a time budget
 (``max_minutes``) runs out. A run that is killed (even with ``kill -9``) and started again with the
 same command resumes from its last checkpoint and ends with the same parameters, bit for bit on the
-CPU, as a run that never stopped.
+CPU, as a run that never stopped. A checkpoint that cannot be read (e.g. truncated by a full disk) or
+that holds another configuration is refused with a :class:`CheckpointError` naming the file; ``restart``
+(``--restart`` on the command line) deletes it and starts over.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,8 @@ from .results import save_result
 
 __all__ = ["TrainConfig", "FAST", "FULL", "parse_rows", "build_model", "train", "evaluate", "row_name",
            "Run", "checkpoint_path", "STORED", "PRESETS", "config_digest",
-           "validation_free_energy", "refuse_overwrite"]
+           "validation_free_energy", "refuse_overwrite", "CheckpointError", "prepare_ckpt_dir",
+           "load_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -176,11 +182,104 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {cfg.optimizer!r}")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint (or its directory) that a run cannot use; the message names the file and the fix."""
+
+
+_RESTART_HINT = "delete it, or run the same command with --restart (restart=True in train()) to start over"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def prepare_ckpt_dir(ckpt_dir: str | Path) -> Path:
+    """Create ``ckpt_dir`` if missing and check that files can be written there, so that a run fails at
+    once instead of after its first ``ckpt_every`` updates; returns it as a Path."""
+    ckpt_dir = Path(ckpt_dir)
+    probe = ckpt_dir / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({err.strerror or err}); "
+                              "fix its permissions or choose another --ckpt-dir") from err
+    return ckpt_dir
+
+
+def _pid_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError as err:
+        return err.errno != errno.ESRCH
+    return True
+
+
+def _remove_dead_temporaries(ckpt_dir: Path) -> list[Path]:
+    """Delete ``*.pt.tmp<pid>`` files left by saves whose process was killed (its pid is not alive);
+    a save in progress (live pid) is left alone. Returns the deleted paths."""
+    removed = []
+    for tmp in ckpt_dir.glob("*.pt.tmp*"):
+        match = re.fullmatch(r".*\.pt\.tmp(\d+)", tmp.name)
+        if match and tmp.is_file() and not _pid_is_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _train_fields(config: dict) -> dict:
+    # the fields a checkpoint's run depends on (as in config_digest), JSON-normalized (tuples → lists)
+    return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("eval_")}))
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint of ``cfg``; raise :class:`CheckpointError` naming the file when it cannot be
+    read or was written by another training configuration (its ``config`` is compared field by field,
+    not only through the digest in its name; evaluation settings may differ)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # truncated, random or empty files fail in torch/pickle with many types
+        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({_first_line(err)}); "
+                              f"{_RESTART_HINT}") from err
+    keys = ("config", "step", "model", "optim", "noise", "log", "log_acc", "log_acc_n", "train_seconds")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a flowbook checkpoint (it lacks {missing}); "
+                              f"{_RESTART_HINT}")
+    stored, wanted = _train_fields(state["config"]), _train_fields(asdict(cfg))
+    if stored != wanted:
+        absent = "<absent>"
+        diff = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k, absent) != wanted.get(k, absent))
+        changes = ", ".join(f"{k}: {stored.get(k, absent)!r} in the checkpoint, {wanted.get(k, absent)!r} now"
+                            for k in diff)
+        raise CheckpointError(f"checkpoint {path} belongs to another configuration ({changes}); move it away "
+                              f"to keep it, or {_RESTART_HINT}")
+    return state
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
+    try:
+        torch.save(obj, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the rename, so a crash never leaves a renamed but empty file
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"could not write checkpoint {path} ({err.strerror or err}); any earlier "
+                                  "checkpoint is intact: free disk space or fix the directory, then run again") from err
+        raise
 
 
 @dataclass
@@ -230,15 +329,17 @@ def validation_free_energy(model: DLGM | MultiDLGM, x_valid: Tensor, seed: int, 
 def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | None = None,
           device: str | torch.device = "cpu", ckpt_dir: str | Path | None = None, ckpt_every: int = 1000,
           max_minutes: float | None = None, stop_at: int | None = None, log_every: int = 100,
-          progress: bool | None = None, compile: bool = False) -> Run:
+          progress: bool | None = None, compile: bool = False, restart: bool = False) -> Run:
     """Train ``cfg.rows`` together for ``cfg.updates`` updates (Algorithm 1), resuming from a checkpoint.
 
     Args:
         x_train: (N, D) training data on any device (default: binarized MNIST's training split).
         x_valid: validation data for ``cfg.valid_every`` (default: the first ``cfg.valid_points`` of
             binarized MNIST's validation split); the best-validation parameters of every row are kept.
-        ckpt_dir: where checkpoints live; None disables them. An existing checkpoint of the same config
-            is resumed.
+        ckpt_dir: where checkpoints live (created if missing; it must be writable); None disables them.
+            An existing checkpoint of the same config is resumed; a damaged one, or one whose stored
+            config differs, raises :class:`CheckpointError`. Temporary files of killed saves
+            (``*.pt.tmp<pid>`` with a dead pid) are removed.
         ckpt_every: updates between checkpoints.
         max_minutes: stop (after checkpointing) when this much wall time has passed; run again to go on.
         stop_at: stop (after checkpointing) at this update, as if interrupted (for tests and demos).
@@ -246,8 +347,18 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
             last entry).
         progress: show a tqdm bar; default: only when stderr is a terminal (never inside notebooks).
         compile: wrap the loss in ``torch.compile`` (worth it on a GPU for long runs; ~1 min to compile).
+        restart: delete this configuration's checkpoint (e.g. a damaged one) and start from update 0.
     """
     device = torch.device(device)
+    path = None
+    state = None
+    if ckpt_dir is not None:  # before any data loads: a bad directory or checkpoint fails at once
+        path = checkpoint_path(cfg, prepare_ckpt_dir(ckpt_dir))
+        _remove_dead_temporaries(path.parent)
+        if restart:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            state = load_checkpoint(path, cfg, device)
     dtype = getattr(torch, cfg.dtype)
     if x_train is None:
         x_train = fdata.binarized_mnist("train")
@@ -261,15 +372,17 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     R, D = len(cfg.rows), cfg.model_configs()[0].latent
     run = Run(cfg, model, 0, best=[None] * R)
-    path = checkpoint_path(cfg, ckpt_dir) if ckpt_dir is not None else None
     # running sum of the per-row free energy since the last log entry (checkpointed with the rest)
     acc = torch.zeros(R, device=device, dtype=torch.float64)
     acc_n = 0
-    if path is not None and path.exists():
-        state = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        noise.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            noise.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({_first_line(err)}); "
+                                  f"{_RESTART_HINT}") from err
         run.step, run.log, run.train_seconds = state["step"], state["log"], state["train_seconds"]
         run.valid_log, run.best = state.get("valid_log", []), state.get("best", [None] * R)
         run.resumed_from = run.step

@@ -149,3 +149,58 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     assert record["command"].startswith("python -m flowbook.cifar train --mode full")
     assert cifar.load_full_results(tmp_path / "res") == {}  # a dry run never counts as a full result
     assert "done: 4 updates" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, names", [
+    (["--K", "0,two"], "--K must be comma-separated flow lengths in 0..1000"),
+    (["--K", "0,2.5"], "'2.5' is not a non-negative integer"),
+    (["--K", "0,-2"], "'-2' is not a non-negative integer"),
+    (["--K", "0,,5"], "--K must be comma-separated"),
+    (["--K", "2,2"], "--K lists a flow length twice"),
+    (["--K", "5000"], "--K must be in 0..1000"),
+    (["--updates", "0"], "--updates must be ≥ 1"),
+    (["--updates", "-5"], "--updates must be ≥ 1"),
+    (["--n-train", "0"], "--n-train must be in 100..10000000"),
+    (["--n-train", "99"], "--n-train must be in 100..10000000"),
+    (["--eval-points", "-5"], "--eval-points must be in 1..100000"),
+    (["--eval-points", "100001"], "--eval-points must be in 1..100000"),
+    (["--eval-samples", "0"], "--eval-samples must be ≥ 1"),
+    (["--max-minutes", "0"], "--max-minutes must be a finite number > 0"),
+    (["--max-minutes", "nan"], "--max-minutes must be a finite number > 0"),
+    (["--threads", "0"], "--threads must be ≥ 1"),
+    (["--seed", "-3"], "--seed must be in 0..4294967295"),
+    (["--label", "a/b"], "--label may hold only"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+])
+def test_cli_refuses_bad_options_before_loading_data(tmp_path, capsys, monkeypatch, options, names):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before the options were checked")
+
+    monkeypatch.setattr(cifar.fdata, "load_cifar10", no_data)
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.main(["train", *options, "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert names in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_refuses_cuda_without_cuda_and_unwritable_directories(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for options, names in ((["--device", "cuda"], "--device cuda: CUDA is not available here"),
+                           (["--ckpt-dir", str(blocker / "c")], f"--ckpt-dir {blocker / 'c'}: cannot write there"),
+                           (["--out", str(blocker / "o")], f"--out {blocker / 'o'}: cannot write there")):
+        with pytest.raises(SystemExit) as exit_info:
+            cifar.main(["train", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), *options])
+        assert exit_info.value.code == 2
+        assert names in capsys.readouterr().err
+
+
+def test_cli_refuses_another_configurations_result_before_loading_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cifar.fdata, "load_cifar10", lambda *a, **k: pytest.fail("data loaded"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cifar10_fast_K2.json").write_text(json.dumps({"config": {"train": {"lr": 9.0}}}))
+    assert cifar.main(["train", "--K", "0,2", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)]) == 2
+    assert "cifar10_fast_K2.json holds a result of another configuration" in capsys.readouterr().err

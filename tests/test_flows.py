@@ -446,3 +446,18 @@ def test_public_names() -> None:
                  "additive_coupling", "additive_coupling_inverse", "random_mixing", "Planar", "Radial",
                  "AdditiveCoupling", "Compose", "DiagonalGaussian"]:
         assert name in flows.__all__ and hasattr(flows, name)
+
+
+@pytest.mark.parametrize("per_example", [False, True], ids=["shared", "per-example"])
+@pytest.mark.parametrize("fn", [planar, planar_inverse, radial, radial_inverse])
+def test_zero_layers_are_the_identity_with_zero_log_det(fn, per_example: bool) -> None:
+    """K = 0 (a zero-length layer axis) is the identity, with one zero log-det per example, like K ≥ 1."""
+    z = torch.randn(BATCH, 4, dtype=F64)
+    lead = (BATCH, 0) if per_example else (0,)
+    if fn in (planar, planar_inverse):
+        params = (torch.zeros(*lead, 4, dtype=F64), torch.zeros(*lead, 4, dtype=F64), torch.zeros(*lead, dtype=F64))
+    else:
+        params = (torch.zeros(*lead, 4, dtype=F64), torch.zeros(*lead, dtype=F64), torch.zeros(*lead, dtype=F64))
+    out, log_det = fn(z, *params)
+    assert torch.equal(out, z)
+    assert log_det.shape == (BATCH,) and torch.equal(log_det, torch.zeros(BATCH, dtype=F64))

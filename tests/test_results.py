@@ -68,3 +68,50 @@ def test_load_results_by_prefix(tmp_path) -> None:
 def test_describe_device() -> None:
     assert results.describe_device("cpu").startswith("cpu: ")
     assert results.describe_device(torch.device("cpu")).endswith("threads")
+
+
+def test_two_writers_of_one_name_do_not_crash_each_other(tmp_path, monkeypatch) -> None:
+    """Another process saves the same result between this one's write and rename: both saves succeed."""
+    real_replace = results.os.replace
+    calls = []
+
+    def replace_after_another_writer(src, dst):
+        calls.append(src)
+        if len(calls) == 1:  # the other writer runs its whole save here
+            _save(tmp_path, metrics={"kl": 2.0})
+        real_replace(src, dst)
+
+    monkeypatch.setattr(results.os, "replace", replace_after_another_writer)
+    path = _save(tmp_path, metrics={"kl": 1.0})
+    assert len(calls) == 2 and calls[0] != calls[1], "each save writes its own temporary file"
+    assert results.load_result(path)["metrics"] == {"kl": 1.0}  # the last rename wins, whole
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_stale_temporary_file_does_not_block_a_save(tmp_path) -> None:
+    (tmp_path / "fit_U1.json.tmp").mkdir()  # e.g. left by a writer of an older version
+    assert results.load_result(_save(tmp_path))["name"] == "fit_U1"
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path) -> None:
+    path = _save(tmp_path, metrics={"kl": float("nan"), "bound": float("inf"), "log": [1.5, float("-inf")]},
+                 config={"lr": float("nan"), "rows": (("planar", 2),)})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+    def strict(token: str):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    record = json.loads(text, parse_constant=strict)  # a strict reader accepts the file
+    json.dumps(record, allow_nan=False)
+    assert record["metrics"] == {"kl": None, "bound": None, "log": [1.5, None]}
+    assert record["config"] == {"lr": None, "rows": [["planar", 2]]}
+
+
+@pytest.mark.parametrize("content", [b"null", b"5", b"[1, 2]", b'"fit"', b'{"name": "\xff\xfe"}'],
+                         ids=["null", "number", "array", "string", "not-utf8"])
+def test_a_file_that_is_not_a_record_is_reported_with_its_path(tmp_path, content: bytes) -> None:
+    path = tmp_path / "odd.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"odd\.json .*delete it and re-run the experiment"):
+        results.load_result(path)

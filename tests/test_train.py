@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from flowbook.models import DLGM, DLGMConfig
-from flowbook.train import FAST, TrainConfig, checkpoint_path, evaluate, finish, parse_rows, train
+from flowbook import train as train_module
+from flowbook.train import (FAST, CheckpointError, TrainConfig, checkpoint_path, evaluate, finish, parse_rows,
+                            train)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dataclasses.replace(FAST, hidden=16, updates=60, batch_size=20, beta_warmup=30, eval_points=40,
@@ -116,6 +118,102 @@ def test_finish_writes_one_result_per_row_with_provenance(tmp_path):
     assert rec["config"]["binarization"].startswith(("sampled-seed-", "larochelle-murray"))
     assert rec["config"]["model"]["K"] == 2 and rec["config"]["train"]["updates"] == 5
     assert rec["metrics"]["points"] == 40
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "random"])
+def test_a_damaged_checkpoint_is_named_and_restart_starts_over(tmp_path, how):
+    cfg = dataclasses.replace(TINY, updates=10)
+    x = _data()
+    train(cfg, x_train=x, ckpt_dir=tmp_path, stop_at=5)
+    path = checkpoint_path(cfg, tmp_path)
+    _damage(path, how)
+    with pytest.raises(CheckpointError, match="damaged") as err:
+        train(cfg, x_train=x, ckpt_dir=tmp_path)
+    assert str(path) in str(err.value) and "delete it" in str(err.value) and "--restart" in str(err.value)
+    run = train(cfg, x_train=x, ckpt_dir=tmp_path, restart=True)
+    assert run.resumed_from is None and run.finished
+    straight = train(cfg, x_train=x)
+    assert _same_state(run.model.state_dict(), straight.model.state_dict())
+    assert train(cfg, x_train=x, ckpt_dir=tmp_path).resumed_from == 10  # the new checkpoint is sound
+
+
+def test_a_damaged_checkpoint_is_found_before_the_data_loads(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(TINY, updates=10)
+    path = checkpoint_path(cfg, tmp_path)
+    path.write_bytes(b"")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(train_module.fdata, "binarized_mnist", no_data)
+    with pytest.raises(CheckpointError, match="damaged"):
+        train(cfg, ckpt_dir=tmp_path)
+
+
+def test_a_checkpoint_whose_stored_config_differs_is_refused(tmp_path):
+    cfg = dataclasses.replace(TINY, updates=10)
+    x = _data()
+    train(cfg, x_train=x, ckpt_dir=tmp_path, stop_at=5)
+    path = checkpoint_path(cfg, tmp_path)
+    state = torch.load(path, weights_only=False)
+    state["config"]["eval_points"] = 7  # evaluation settings may differ: the trained run is the same
+    torch.save(state, path)
+    assert train(cfg, x_train=x, ckpt_dir=tmp_path, stop_at=6).resumed_from == 5
+    state = torch.load(path, weights_only=False)
+    state["config"]["lr"] = 0.5  # e.g. a renamed file, or a digest collision
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"belongs to another configuration \(lr: 0\.5 in the checkpoint, "
+                                              r"0\.001 now\)"):
+        train(cfg, x_train=x, ckpt_dir=tmp_path)
+
+
+def test_an_unwritable_checkpoint_directory_fails_at_once(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(CheckpointError, match=f"checkpoint directory {blocker / 'ckpt'} is not writable"):
+        train(TINY, x_train=torch.zeros(0, 784), ckpt_dir=blocker / "ckpt")  # no update runs before the check
+    train(dataclasses.replace(TINY, updates=2), x_train=_data(), ckpt_dir=tmp_path / "new" / "dir")
+    assert list((tmp_path / "new" / "dir").glob("*.pt")), "a missing directory is created"
+
+
+def test_temporaries_of_killed_saves_are_removed_and_live_ones_kept(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid is now free: a save of that process can never finish
+    dead = tmp_path / f"mnist_fast_diagonal_0123456789ab.pt.tmp{proc.pid}"
+    live = tmp_path / f"mnist_fast_diagonal_0123456789ab.pt.tmp{os.getppid()}"
+    other = tmp_path / "notes.tmp1"
+    for p in (dead, live, other):
+        p.write_bytes(b"partial")
+    train(dataclasses.replace(TINY, updates=2), x_train=_data(), ckpt_dir=tmp_path)
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(TINY, updates=10)
+    x = _data()
+    train(cfg, x_train=x, ckpt_dir=tmp_path, stop_at=5)
+    path = checkpoint_path(cfg, tmp_path)
+    before = path.read_bytes()
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_module.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=f"could not write checkpoint {path} .*No space left"):
+        train(cfg, x_train=x, ckpt_dir=tmp_path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 @pytest.mark.slow
