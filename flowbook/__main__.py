@@ -189,6 +189,9 @@ def _device(name: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:  # python -m flowbook data fetch ... → flowbook/datacli.py
+        from .datacli import main as data_main
+        return data_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flowbook", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("train", "eval"):
