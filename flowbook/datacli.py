@@ -1,4 +1,4 @@
-"""Prepare the data root: ``python -m flowbook.datacli fetch``.
+"""Prepare the data root: ``python -m flowbook data fetch`` (or ``python -m flowbook.datacli fetch``).
 
 Chapters 5 and 6 (and their tests) read MNIST and CIFAR-10 from the data root (``$FLOWBOOK_DATA``,
 default ``data/datasets``; see :func:`flowbook.data.data_root`). This command makes sure both are

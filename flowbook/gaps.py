@@ -1,4 +1,4 @@
-"""Where the inference gap comes from: amortization against approximation.
+"""Where the inference gap comes from: amortization against approximation (Cremer et al., ICML 2018).
 
 The KL panel of the paper's Figure 4 is the *inference gap* −ELBO − (−ln p(x)) of the encoder's
 posterior q_K(z | x). Following Cremer, Li & Duvenaud (2018), it splits into two parts by optimizing,

@@ -78,3 +78,14 @@ def test_committed_mnist_weights_reproduce_their_stored_bound(row):
     assert math.isfinite(m["neg_elbo"])
     assert abs(m["neg_elbo"] - stored["neg_elbo"]) < 3 * m["neg_elbo_sem"], (m, stored["neg_elbo"])
     assert m["neg_log_p"] <= m["neg_elbo"] + 1e-6
+
+
+def test_every_committed_weights_file_is_small_and_has_its_result():
+    """Each file in data/weights/ is at most 3 MB and is named like a stored result, whose provenance
+    points back at it."""
+    from flowbook.results import RESULTS_DIR, load_result
+
+    for path in sorted(pretrained.WEIGHTS_DIR.glob("*.pt")):
+        assert path.stat().st_size <= 3 * 2**20, path
+        record = load_result(RESULTS_DIR / f"{path.stem}.json")
+        assert record["config"]["weights"] == f"data/weights/{path.name}"
