@@ -2,7 +2,7 @@
 
     pytest .ci/browser_test.py          # after `jupyter-book build` with .ci/offline_config.py
 
-For each chapter page (and the intro, notation and instructor pages) it checks
+For each chapter page (and the intro, notation, instructor and API reference pages) it checks
 
 - the title, and that MathJax typeset the math without errors (``<mjx-container>`` elements, no
   ``<mjx-merror>``), that every image loaded (``naturalWidth > 0``) and that stored widgets rendered;
@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - reported by the skip/fail below
 
 PAGES = (["intro.html", "notation.html", "instructor.html"]
          + sorted(str(p.relative_to(HTML)) for p in (HTML / "chapters").glob("*.html"))
+         + sorted(str(p.relative_to(HTML)) for p in (HTML / "api").glob("*.html"))
          if HTML.exists() else [])
 
 

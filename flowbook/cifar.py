@@ -56,7 +56,7 @@ PATCH_DIM = 3 * PATCH_SIZE * PATCH_SIZE  # D = 192
 EPS = 1e-4  # the squeeze [0, 1] → [ε, 1 − ε]
 LATENT = 30  # the paper's CIFAR-10 DLGM (§6.2)
 KS = (0, 2, 5, 10)
-#: Table 3 of the paper: test −ln p(x) in nats per patch for a DLGM with K planar flows.
+#: Table 3 of the paper — test −ln p(x) in nats per patch for a DLGM with K planar flows.
 PAPER_TABLE3 = {0: -293.7, 2: -308.6, 5: -317.9, 10: -320.7}
 #: Seeds of the dequantization noise u: fixed, so that a test patch has the same y in every run.
 TRAIN_NOISE_SEED = 11
@@ -86,18 +86,18 @@ class CifarConfig(TrainConfig):
                 for f, k in self.rows]
 
 
-#: Fast mode (2 CPU cores, about a minute of training): the four rows trained together on 50 000
+#: Fast mode (2 CPU cores, about a minute of training) — the four rows trained together on 50 000
 #: patches, Adam and a short annealing as in the MNIST fast mode, a smaller network (200
 #: pre-activations → 50 maxout units per layer); evaluated on 500 fixed test patches with S = 100.
 FAST = CifarConfig(updates=1500, hidden=200, beta_warmup=500, eval_points=500, eval_samples=100)
-#: Full mode: the paper's protocol (RMSprop, learning rate 1e-5, momentum 0.9, batches of 100,
+#: Full mode — the paper's protocol (RMSprop, learning rate 1e-5, momentum 0.9, batches of 100,
 #: 500 000 updates, β_t = min(1, 0.01 + t/10 000)), the MNIST network (400 pre-activations), one
 #: million training patches, and 10 000 fixed test patches with S = 5000.
 FULL = CifarConfig(mode="full", updates=500_000, optimizer="rmsprop", lr=1e-5, momentum=0.9, beta_warmup=10_000,
                    hidden=400, n_train=1_000_000, eval_points=10_000, eval_samples=5000)
 
 
-#: Stored mode: the rows trained on the project's 2-core CPU and committed with their weights. The MNIST
+#: Stored mode — the rows trained on the project's 2-core CPU and committed with their weights. The MNIST
 #: stored protocol (:data:`flowbook.train.STORED`: Adam, cosine decay 1e-3 → 1e-5, 10 000-update
 #: annealing, best-validation parameters kept) on one million patches of 45 000 training images, validated
 #: on 2 000 patches of the 5 000 held-out training images, evaluated with S = 1000 on 10 000 test patches.

@@ -89,7 +89,7 @@ def langevin(U: Potential, z0: Tensor, dt: float, n_steps: int, record_every: in
         record_every: store the ensemble every this many steps (default: only the start and end).
         generator: torch random generator for the noise, for repeatable runs.
     Returns:
-        (z_T, times, snapshots): the final ensemble, the recorded times (S,) and the recorded
+        (z_T, times, snapshots), the final ensemble, the recorded times (S,) and the recorded
         ensembles (S, batch, D), the first being z0 at t = 0.
     """
     _check_batch(z0, "langevin")
@@ -160,8 +160,10 @@ def leapfrog(U: Potential, z: Tensor, rho: Tensor, step_size: Tensor | float, n_
              create_graph: bool = False) -> tuple[Tensor, Tensor]:
     """L leapfrog steps of Hamilton's equations dz/dt = ρ, dρ/dt = −∇U(z) (§3.2.2; Neal, 2011).
 
-    Each step l, with step size ε_l (a scalar or one per dimension), is
+    Each step l, with step size ε_l (a scalar or one per dimension), is::
+
         ρ ← ρ − (ε_l/2)⊙∇U(z);  z ← z + ε_l⊙ρ;  ρ ← ρ − (ε_l/2)⊙∇U(z).
+
     Every substep changes one of (z, ρ) by a function of the other only, a shear with unit Jacobian
     determinant, so the map (z_0, ρ_0) ↦ (z_L, ρ_L) is volume-preserving whatever the step sizes:
     ln|det| = 0 and the joint density is carried along unchanged, q_L(z_L, ρ_L) = q_0(z_0, ρ_0).

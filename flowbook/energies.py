@@ -81,7 +81,7 @@ def U4(z: Tensor) -> Tensor:
 
 
 def confine(U: Potential, box: float = BOX, scale: float = CONFINE_SCALE) -> Potential:
-    """U(z) + Σ_i ½·(max(|z_i| − box, 0)/scale)²: unchanged inside [−box, box]², a quadratic wall outside.
+    """U(z) + Σ_i ½·(max(abs(z_i) − box, 0)/scale)²: unchanged inside [−box, box]², a quadratic wall outside.
 
     Inside the box the unnormalized density is exactly the paper's, so the normalized density there
     differs only by a constant factor (the fraction of mass inside the box, close to 1; chapter 4
@@ -115,7 +115,7 @@ def _grid(box: float, n: int, dtype: torch.dtype = torch.float64) -> tuple[Tenso
 def log_normalizer(U: Potential, box: float = 7.0, n: int = 1400) -> float:
     """ln Z = ln ∫ exp(−U(z)) dz by the midpoint rule on an n×n grid over [−box, box]², in float64.
 
-    The default box reaches past the confinement wall (at |z_i| = 7 the wall adds ½·(3/0.25)² = 72 to
+    The default box reaches past the confinement wall (at z_i = ±7 the wall adds ½·(3/0.25)² = 72 to
     U, so the mass left out is below e^{−70}); the default grid spacing of 0.01 resolves the narrowest
     feature (σ = 0.35) to well below 10⁻⁴ nats (the test suite checks convergence under refinement).
     For the raw U2–U4 the result grows with ``box`` without limit: they are not normalizable.

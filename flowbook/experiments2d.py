@@ -78,7 +78,7 @@ class FitConfig:
                              f"updates={self.updates}, samples={self.samples}")
 
 
-#: fast mode: the chapter's live run (about a minute on 2 CPU cores)
+#: fast mode — the chapter's live run (about a minute on 2 CPU cores)
 FAST = FitConfig()
 #: full mode (``python -m flowbook.experiments2d --mode full``). Not every fit converges within these
 #: updates: chapter 4's stored runs pass ``--updates 12000`` (NICE K = 32: 24000; planar K = 32 on U3, U4:

@@ -291,7 +291,7 @@ def random_mixing(dim: int, K: int, kind: str = "orth", generator: torch.Generat
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """K fixed mixings applied before each coupling: ``"orth"`` gives (K, D, D) random orthogonal
     matrices (Haar, via QR with sign correction), ``"perm"`` gives (K, D) random permutations.
-    Both have |det| = 1, so the flow stays volume-preserving."""
+    Both have determinant ±1, so the flow stays volume-preserving."""
     if kind == "orth":
         g = torch.randn(K, dim, dim, generator=generator, dtype=torch.float64)
         q, r = torch.linalg.qr(g)
@@ -354,7 +354,7 @@ def additive_coupling(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
             the amortized form: the encoder shifts each coupling function for its data point.
         mixing: (K, D, D) orthogonal matrices ("NICE-orth") or (K, D) permutations ("NICE-perm").
     Returns:
-        (z_K, log_det) with log_det = 0: every step is volume-preserving.
+        (z_K, log_det) with log_det = 0, since every step is volume-preserving.
     """
     d = _check_coupling(z, w1, b1, w2, b2, mixing, "additive_coupling")
     for w1_k, b1_k, w2_k, b2_k, m_k in zip(w1, b1.unbind(-2), w2, b2.unbind(-2), mixing):

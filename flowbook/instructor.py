@@ -98,13 +98,13 @@ def strip_files(sources: Iterable[Path], out_dir: Path, *, clear_outputs: bool =
     return written
 
 
-#: What the book build does not need: top-level entries of the repository left out of the student
+#: What the book build does not need — top-level entries of the repository left out of the student
 #: edition's copy (besides hidden ones and ``*.egg-info``). ``_vendor`` (offline MathJax and widget
 #: libraries) is linked instead, for builds with .ci/offline_config.py's configuration.
 NOT_BOOK = frozenset({"_build", "_vendor", "data", "node_modules", "handout", "flowbook", "tests",
                       "benchmarks", "__pycache__"})
 
-#: The student edition's instructor page: same file name, so links and the table of contents still work.
+#: The student edition's instructor page — same file name, so links and the table of contents still work.
 STUDENT_INSTRUCTOR_PAGE = """# Instructor guide
 
 This is the **student edition** of the book. The worked solutions of the exercises and the instructor

@@ -35,7 +35,7 @@ def free_energy(log_q0: Tensor, log_det: Tensor, log_joint: Tensor, beta: float 
         log_joint: ln p(x, z_K) for the same samples (for an energy, −U(z_K)).
         beta: the annealing weight β_t; 1 gives the (negative) ELBO.
     Returns:
-        A scalar tensor: the free energy averaged over every sample (and data point).
+        A scalar tensor, the free energy averaged over every sample (and data point).
     """
     if not (log_q0.shape == log_det.shape == log_joint.shape):
         raise ValueError("free_energy: log_q0, log_det and log_joint must have one shape, got "

@@ -59,7 +59,7 @@ def save(model: DLGM, name: str, directory: str | Path | None = None) -> Path:
 
 def load_file(path: str | Path, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32) -> DLGM:
-    """A :class:`DLGM` from a weights file written by :func:`save`."""
+    """A :class:`~flowbook.models.DLGM` from a weights file written by :func:`save`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {path}; the stored rows are listed in {WEIGHTS_DIR} "

@@ -96,16 +96,16 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-#: Fast mode: 2 CPU cores, minutes. Adam with learning rate 1e-3 and a 500-update annealing. Why not the
+#: Fast mode — 2 CPU cores, minutes. Adam with learning rate 1e-3 and a 500-update annealing. Why not the
 #: paper's RMSprop: its running average of squared gradients starts at zero, so its first steps are
 #: ≈10× the learning rate (≈100× with momentum 0.9); at the paper's 1e-5 that is harmless, but at a
 #: learning rate large enough to learn in 2 000 updates it blows the free energy up. Adam's bias
 #: correction removes exactly that start-up effect.
 FAST = TrainConfig()
-#: Full mode: the paper's protocol (§6.2) and Table 2's evaluation (S = 5000 on the whole test set).
+#: Full mode — the paper's protocol (§6.2) and Table 2's evaluation (S = 5000 on the whole test set).
 FULL = TrainConfig(mode="full", updates=500_000, optimizer="rmsprop", lr=1e-5, momentum=0.9, beta_warmup=10_000,
                    eval_points=10_000, eval_samples=5000)
-#: Stored mode: the protocol of the rows trained on the project's 2-core CPU and committed with their
+#: Stored mode — the protocol of the rows trained on the project's 2-core CPU and committed with their
 #: weights (``data/results/mnist_stored_*``, ``data/weights/``). Adam (its bias correction allows a large
 #: rate from the first update, where RMSprop's start-up blows up, see FAST) with a cosine decay from 1e-3
 #: to 1e-5, the paper's 10 000-update annealing, and the best-validation parameters kept (checked every
@@ -140,7 +140,8 @@ def row_name(cfg: TrainConfig, flow: str, K: int) -> str:
 
 
 def build_model(cfg: TrainConfig) -> DLGM | MultiDLGM:
-    """One row: a :class:`DLGM`; several rows: a :class:`MultiDLGM` (stacked, trained together)."""
+    """One row: a :class:`~flowbook.models.DLGM`; several rows: a :class:`~flowbook.models.MultiDLGM`
+    (stacked, trained together)."""
     configs = cfg.model_configs()
     return DLGM(configs[0]) if len(configs) == 1 else MultiDLGM(configs)
 

@@ -125,6 +125,17 @@ def test_every_chapter_notebook_is_in_the_book():
                          "'Chapters' and rebuild the book")
 
 
+def test_every_module_has_an_api_page():
+    """Each public module of the package has its page in the API reference, with its entries."""
+    modules = sorted(p.stem for p in (ROOT / "flowbook").glob("*.py") if not p.stem.startswith("_"))
+    missing = [m for m in modules if not (HTML / "api" / f"{m}.html").exists()]
+    assert not missing, (f"modules without an API page in {HTML}/api: {missing}. Add api/NAME.md (an "
+                         "automodule of flowbook.NAME, as the other pages) and list it in _toc.yml")
+    empty = [m for m in modules if f'id="module-flowbook.{m}"' not in
+             (HTML / "api" / f"{m}.html").read_text(encoding="utf-8")]
+    assert not empty, f"API pages that document no module (automodule missing or failed): {empty}"
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(HTML)))
 def test_internal_links_and_images_resolve(page):
     broken = []
