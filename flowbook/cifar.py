@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from . import data as fdata
-from .models import PLANAR_IMPL, DLGMConfig
+from .models import PLANAR_IMPL, DLGMConfig, planar_kernel
 from .results import save_result
 from .train import Run, TrainConfig, evaluate, train
 
@@ -236,7 +236,8 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
                                "train_patch_seed": fdata.CIFAR10_TRAIN_PATCH_SEED, "noise_seeds":
                                [TRAIN_NOISE_SEED, TEST_NOISE_SEED], "dequantization": "(x + u)/256",
                                "eps": cfg.eps, "reported": "-ln p_V(v), nats per patch, v in [0,1)^D"},
-                      "planar_impl": PLANAR_IMPL, "updates_done": run.step,
+                      "planar_impl": PLANAR_IMPL, "planar_kernel": planar_kernel(device, cfg.dtype),
+                      "updates_done": run.step,
                       "train_seconds": round(run.train_seconds, 3), "rows_trained_together": len(cfg.rows),
                       "evaluated_at_update": best["step"] if best is not None else run.step,
                       "weights": f"data/weights/{result_name(cfg, K)}.pt" if weights_dir is not None else None,

@@ -54,7 +54,17 @@ from .fused import planar_chain as _planar_chain
 
 PLANAR_IMPL = "flowbook.fused.planar_chain"  # the same map as flows.planar, with a hand-written backward
 
-__all__ = ["DLGMConfig", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS", "PLANAR_IMPL",
+
+def planar_kernel(device: torch.device | str, dtype: str = "float32") -> str:
+    """What actually computes the planar chain on ``device``: the compiled C kernel (with its file name)
+    or the PyTorch loop, and why (recorded in every result next to :data:`PLANAR_IMPL`)."""
+    if torch.device(device).type != "cpu":
+        return f"PyTorch loop on {torch.device(device).type} (the compiled kernel is CPU-only)"
+    from . import native
+
+    return native.status("planar_chain", dtype)
+
+__all__ = ["DLGMConfig", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS", "PLANAR_IMPL", "planar_kernel",
            "bernoulli_log_likelihood", "logit_normal_log_likelihood", "standard_normal_log_prob"]
 
 FLOW_TYPES = ("planar", "radial", "nice")

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from . import data as fdata
-from .models import DLGM, DLGMConfig, MultiDLGM, PLANAR_IMPL
+from .models import DLGM, DLGMConfig, MultiDLGM, PLANAR_IMPL, planar_kernel
 from .objectives import beta_schedule, importance_log_marginal
 from .results import save_result
 
@@ -549,7 +549,8 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         if best is not None:
             metrics["best_valid_free_energy"] = best["free_energy"]
         config = {"train": asdict(cfg), "model": row.config.to_dict(), "binarization": source,
-                  "planar_impl": PLANAR_IMPL, "updates_done": run.step, "rows_trained_together": len(cfg.rows),
+                  "planar_impl": PLANAR_IMPL, "planar_kernel": planar_kernel(device, cfg.dtype),
+                  "updates_done": run.step, "rows_trained_together": len(cfg.rows),
                   "train_seconds": round(run.train_seconds, 3),
                   "evaluated_at_update": best["step"] if best is not None else run.step,
                   "weights": f"data/weights/{name}.pt" if weights_dir is not None else None,

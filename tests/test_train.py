@@ -118,6 +118,19 @@ def test_finish_writes_one_result_per_row_with_provenance(tmp_path):
     assert rec["config"]["binarization"].startswith(("sampled-seed-", "larochelle-murray"))
     assert rec["config"]["model"]["K"] == 2 and rec["config"]["train"]["updates"] == 5
     assert rec["metrics"]["points"] == 40
+    # the implementation that actually ran, not only the name of the dispatching function
+    from flowbook import native
+
+    assert rec["config"]["planar_kernel"] == native.status("planar_chain", "float32")
+
+
+def test_the_result_records_the_pytorch_fallback_when_no_kernel_can_be_built(tmp_path, monkeypatch):
+    from flowbook import models, native
+
+    monkeypatch.setattr(native, "status", lambda name="planar_chain", dtype="float32":
+                        f"{name} ({dtype}): PyTorch fallback, because no C compiler")
+    assert "PyTorch fallback" in models.planar_kernel("cpu")
+    assert "PyTorch loop on cuda" in models.planar_kernel("cuda")
 
 
 def _damage(path: Path, how: str) -> None:
