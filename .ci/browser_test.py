@@ -284,22 +284,6 @@ const done = arguments[arguments.length - 1];
 """
 
 
-# Known problems on pages that are being rebuilt by their owner (chapters 5 and 6 only), let through
-# by name so that every other page is held to the checks. Keyed by page and by check; each entry is a
-# substring of the one message it lets pass. Delete an entry as soon as its page is fixed.
-ALLOWED: dict[str, dict[str, tuple[str, ...]]] = {
-    "chapters/06_cifar10.html": {
-        # section 6.2: the display equation "ln p_V(v) = ln p_Y(y) + D ln(1 - 2 eps), D ln(1 - 2 eps) =
-        # ..." is about 800 px wide in the 688 px column, so its right end is cut off
-        "overflow": (r"display math \ln p_V(\mathbf{v}) = \ln p_Y(\mathbf{y}) + D \ln(1 - 2",),
-    },
-}
-
-
-def allowed(page: str, check: str, message: str) -> bool:
-    return any(k in message for k in ALLOWED.get(page, {}).get(check, ()))
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders(page, server, browser):
     browser.get(server + page)
@@ -317,10 +301,9 @@ def test_page_renders(page, server, browser):
     problems = []
 
     def check(name: str, messages: list[str], limit: int = 8) -> None:
-        kept = [m for m in messages if not allowed(page, name, m)]
-        if kept:
-            more = f" (and {len(kept) - limit} more)" if len(kept) > limit else ""
-            problems.append(f"{name}:\n    " + "\n    ".join(kept[:limit]) + more)
+        if messages:
+            more = f" (and {len(messages) - limit} more)" if len(messages) > limit else ""
+            problems.append(f"{name}:\n    " + "\n    ".join(messages[:limit]) + more)
 
     expected = chapter_title(page)
     if expected is not None:
