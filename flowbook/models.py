@@ -57,7 +57,7 @@ PLANAR_IMPL = "flowbook.fused.planar_chain"  # the same map as flows.planar, wit
 
 def planar_kernel(device: torch.device | str, dtype: str = "float32") -> str:
     """What actually computes the planar chain on ``device``: the compiled C kernel (with its file name)
-    or the PyTorch loop, and why (recorded in every result next to :data:`PLANAR_IMPL`)."""
+    or the PyTorch loop, and why (recorded in every result next to ``PLANAR_IMPL``)."""
     if torch.device(device).type != "cpu":
         return f"PyTorch loop on {torch.device(device).type} (the compiled kernel is CPU-only)"
     from . import native
