@@ -9,12 +9,7 @@ from flowbook.models import DLGM, DLGMConfig
 from flowbook.train import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(K: int):

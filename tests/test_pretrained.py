@@ -12,12 +12,7 @@ from flowbook.models import DLGM, DLGMConfig
 from flowbook.train import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("flow, K", [("planar", 0), ("planar", 3), ("nice", 2), ("radial", 2)])
@@ -89,3 +84,29 @@ def test_every_committed_weights_file_is_small_and_has_its_result():
         assert path.stat().st_size <= 3 * 2**20, path
         record = load_result(RESULTS_DIR / f"{path.stem}.json")
         assert record["config"]["weights"] == f"data/weights/{path.name}"
+
+
+CIFAR_ROWS = sorted(pretrained.stored_results("cifar10"))
+
+
+@pytest.mark.parametrize("row", CIFAR_ROWS, ids=[f"K{k}" for _, k in CIFAR_ROWS])
+def test_committed_cifar_weights_reproduce_their_stored_bound(row):
+    """The same check for the stored Table 3 rows, on the first 300 of the fixed test patches, in nats
+    per patch of v (the bound of p_Y plus the squeeze's Jacobian)."""
+    from flowbook import cifar
+
+    record = pretrained.stored_results("cifar10")[row]
+    model = pretrained.load(*row, "cifar10")
+    assert model.config.to_dict() == record["config"]["model"]
+    y = cifar.test_data(cifar.STORED)[:300]
+    m = evaluate(model, y, samples=20, progress=False)
+    bound = m["neg_elbo"] - data.unit_interval_log_jacobian(cifar.PATCH_DIM, cifar.EPS)
+    stored = record["metrics"]["neg_elbo"]
+    assert abs(bound - stored) < 3 * m["neg_elbo_sem"], (bound, stored)
+
+
+def test_every_table_row_is_stored():
+    """Table 3's four rows and the paper's nine rows of Table 2 are all stored, with weights."""
+    assert {K for _, K in pretrained.stored_results("cifar10")} == {0, 2, 5, 10}
+    table2 = {("diagonal", 0)} | {(f, K) for f in ("planar", "nice") for K in (10, 20, 40, 80)}
+    assert table2 <= set(pretrained.stored_results("mnist"))

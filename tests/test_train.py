@@ -28,13 +28,7 @@ def _data(n: int = 200, seed: int = 0) -> torch.Tensor:
     return (torch.rand(n, 784, generator=g) < 0.3).float()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the tiny models here gain nothing from two, and lose much on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same_state(a: dict, b: dict) -> bool:
