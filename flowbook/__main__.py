@@ -25,7 +25,6 @@ import re
 import shlex
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import torch
@@ -115,12 +114,11 @@ def check_label(parser: argparse.ArgumentParser, option: str, label: str | None)
 def check_writable_dir(parser: argparse.ArgumentParser, option: str, directory: str | Path) -> None:
     """Create ``directory`` if missing and check that a file can be written there, so that a long run
     does not end with a result or checkpoint it cannot save."""
+    from .results import ensure_writable_dir
+
     directory = Path(directory)
-    probe = directory / f".write-test-{uuid.uuid4().hex[:12]}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.touch(exist_ok=False)
-        probe.unlink()
+        ensure_writable_dir(directory)
     except OSError as err:
         usage_error(parser, f"{option} {directory}: cannot write there ({err.strerror or err}); "
                             "fix its permissions or choose another directory")

@@ -15,6 +15,7 @@ from the config's seed, exactly.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -51,7 +52,8 @@ def save(model: DLGM, name: str, directory: str | Path | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: p.detach().to("cpu", torch.float16).clone() for k, p in model.named_parameters()}
     path = directory / f"{name}.pt"
-    tmp = path.with_name(f"{path.name}.tmp")
+    # one temporary per process, so that two writers of the same weights cannot interleave
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"format": FORMAT, "config": model.config.to_dict(), "state": state}, tmp)
     tmp.replace(path)
     return path

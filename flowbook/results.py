@@ -55,6 +55,17 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
+def ensure_writable_dir(directory: Path | str) -> Path:
+    """Create ``directory`` if missing and write and remove a probe file there; raises OSError if that
+    fails, so that a long run can refuse at once instead of failing at its first save."""
+    directory = Path(directory)
+    probe = directory / f".write-test-{os.getpid()}-{uuid4().hex[:8]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.touch(exist_ok=False)
+    probe.unlink()
+    return directory
+
+
 def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], wall_time_s: float,
                 device: torch.device | str, command: str | None = None,
                 directory: Path | str | None = None) -> Path:

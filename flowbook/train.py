@@ -30,7 +30,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from torch import Tensor
 from . import data as fdata
 from .models import DLGM, DLGMConfig, MultiDLGM, PLANAR_IMPL, planar_kernel
 from .objectives import beta_schedule, importance_log_marginal
-from .results import save_result
+from .results import ensure_writable_dir, save_result
 
 __all__ = ["TrainConfig", "FAST", "FULL", "parse_rows", "build_model", "train", "evaluate", "row_name",
            "Run", "checkpoint_path", "STORED", "PRESETS", "config_digest",
@@ -199,11 +198,8 @@ def prepare_ckpt_dir(ckpt_dir: str | Path) -> Path:
     """Create ``ckpt_dir`` if missing and check that files can be written there, so that a run fails at
     once instead of after its first ``ckpt_every`` updates; returns it as a Path."""
     ckpt_dir = Path(ckpt_dir)
-    probe = ckpt_dir / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        probe.touch(exist_ok=False)
-        probe.unlink()
+        ensure_writable_dir(ckpt_dir)
     except OSError as err:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({err.strerror or err}); "
                               "fix its permissions or choose another --ckpt-dir") from err
