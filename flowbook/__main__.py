@@ -8,6 +8,8 @@ Examples::
     python -m flowbook train --flow planar --K 80 --mode full --max-minutes 9
     # evaluate a stored checkpoint again (e.g. with more importance samples)
     python -m flowbook eval --rows planar:0 --mode fast --eval-samples 5000 --eval-points 10000
+    # the paper's evaluation (S = 5000, all test digits) of a committed Table 2 row, resumable
+    python -m flowbook evaluate-weights mnist_stored_planar_K80 --samples 5000 --max-minutes 60
 
 Runs resume from their checkpoint in ``--ckpt-dir`` when one exists for the same configuration; a
 damaged checkpoint, or one of another configuration, is refused (``--restart`` deletes it and starts over).
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["data"]:  # python -m flowbook data fetch ... → flowbook/datacli.py
         from .datacli import main as data_main
         return data_main(argv[1:])
+    if argv[:1] == ["evaluate-weights"]:  # S = 5000 for a stored row → flowbook/evaluation.py
+        from .evaluation import main as evaluate_main
+        return evaluate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flowbook", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("train", "eval"):

@@ -87,10 +87,13 @@ def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], w
         "config": config,
         "metrics": metrics,
     }
+    return _write_atomic(directory / f"{name}.json", record)
+
+
+def _write_atomic(path: Path, record: dict[str, Any]) -> Path:
     text = json.dumps(_finite_or_null(record), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    path = directory / f"{name}.json"
     # one temporary file per call (pid and a random tag), in the same directory so the rename is atomic
-    tmp = directory / f".{name}.json.{os.getpid()}.{uuid4().hex[:12]}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp"
     try:
         with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
@@ -98,6 +101,25 @@ def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], w
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def add_evaluation(path: Path | str, evaluation: dict[str, Any], *, device: torch.device | str,
+                   command: str | None = None) -> Path:
+    """Add a later evaluation of a stored run (e.g. with more importance samples) to its result file.
+
+    The entry goes to the record's ``evaluations`` list with its own provenance (command, commit, device,
+    date); an earlier entry with the same ``samples``, ``points`` and ``seed`` is replaced. The record's
+    own fields, which describe the run that trained the weights, are left as they are."""
+    path = Path(path)
+    record = load_result(path)
+    entry = {"command": command if command is not None else " ".join([Path(sys.executable).name] + sys.argv),
+             "commit": git_commit(), "device": describe_device(device),
+             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "torch": torch.__version__, **evaluation}
+    key = ("samples", "points", "seed")
+    kept = [e for e in record.get("evaluations", []) if tuple(e.get(k) for k in key) != tuple(entry.get(k) for k in key)]
+    record["evaluations"] = kept + [entry]
+    return _write_atomic(path, record)
 
 
 def load_result(path: Path | str) -> dict[str, Any]:

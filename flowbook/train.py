@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from . import data as fdata
+from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM, PLANAR_IMPL, planar_kernel
-from .objectives import beta_schedule, importance_log_marginal
+from .objectives import beta_schedule
 from .results import ensure_writable_dir, save_result
 
 __all__ = ["TrainConfig", "FAST", "FULL", "parse_rows", "build_model", "train", "evaluate", "row_name",
@@ -473,27 +474,10 @@ def evaluate(model: DLGM, x_test: Tensor, samples: int, *, batch: int = 100, chu
 
     neg_elbo, neg_logp = [], []
     for i in tqdm(range(0, x_test.shape[0], batch), disable=not progress, desc="eval", unit="batch"):
-        x = x_test[i:i + batch]
-        sum_log_w = torch.zeros(x.shape[0], device=p.device, dtype=torch.float64)
-        last_log_q: list[Tensor] = []
-
-        def propose(n: int) -> tuple[Tensor, Tensor]:
-            _, zK, log_q = model.posterior_samples(x, n, gen)
-            last_log_q[:] = [log_q]
-            return zK, log_q
-
-        def log_joint(z: Tensor) -> Tensor:
-            lj = model.log_joint(x, z)
-            sum_log_w.add_((lj - last_log_q[0]).sum(0).to(torch.float64))  # for the ELBO, same draws
-            return lj
-
-        neg_logp.append(-importance_log_marginal(propose, log_joint, samples, chunk).to(torch.float64))
-        neg_elbo.append(-sum_log_w / samples)
-    ne, nl = torch.cat(neg_elbo), torch.cat(neg_logp)
-    return {"neg_elbo": ne.mean().item(), "neg_log_p": nl.mean().item(), "kl": (ne - nl).mean().item(),
-            "neg_elbo_sem": (ne.std() / math.sqrt(len(ne))).item(),
-            "neg_log_p_sem": (nl.std() / math.sqrt(len(nl))).item(),
-            "points": int(len(nl)), "samples": int(samples)}
+        e, l = point_bounds(model, x_test[i:i + batch], samples, gen, chunk)
+        neg_elbo.append(e)
+        neg_logp.append(l)
+    return summarize(torch.cat(neg_elbo), torch.cat(neg_logp), samples)
 
 
 def refuse_overwrite(path: Path, cfg: TrainConfig, overwrite: bool) -> None:

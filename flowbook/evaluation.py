@@ -1,0 +1,208 @@
+"""The paper's evaluation of a trained DLGM (Section 6.2, Figure 4): per test point, the negative ELBO and
+the importance-sampled −ln p(x) from the same S draws of q_K(z | x), and their test-set summary.
+
+:func:`flowbook.train.evaluate` runs it in one go. :func:`evaluate_resumable` runs it in pieces: S = 5000
+on all 10 000 test digits is 20–55 CPU-minutes per Table 2 row on one thread, so a run that is stopped
+(a time limit, a killed process) saves what it has and continues where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .models import DLGM
+from .objectives import importance_log_marginal
+
+__all__ = ["point_bounds", "summarize", "evaluate_resumable", "STATE_FORMAT"]
+
+STATE_FORMAT = "flowbook-evaluation-state-1"
+
+
+@torch.no_grad()
+def point_bounds(model: DLGM, x: Tensor, samples: int, generator: torch.Generator, chunk: int
+                 ) -> tuple[Tensor, Tensor]:
+    """(−ELBO, −ln p(x)) per row of ``x``, float64, from the same ``samples`` draws z_s ~ q_K(z | x).
+
+    −ELBO ≈ −(1/S) Σ_s ln w_s and −ln p(x) ≈ −ln (1/S) Σ_s w_s with w_s = p(x, z_s)/q_K(z_s | x)
+    (:func:`flowbook.objectives.importance_log_marginal`); sharing the draws makes KL = the difference
+    ≥ 0 for every point, not only in expectation. The samples go ``chunk`` at a time."""
+    sum_log_w = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
+    last_log_q: list[Tensor] = []
+
+    def propose(n: int) -> tuple[Tensor, Tensor]:
+        _, zK, log_q = model.posterior_samples(x, n, generator)
+        last_log_q[:] = [log_q]
+        return zK, log_q
+
+    def log_joint(z: Tensor) -> Tensor:
+        lj = model.log_joint(x, z)
+        sum_log_w.add_((lj - last_log_q[0]).sum(0).to(torch.float64))  # for the ELBO, same draws
+        return lj
+
+    neg_log_p = -importance_log_marginal(propose, log_joint, samples, chunk).to(torch.float64)
+    return -sum_log_w / samples, neg_log_p
+
+
+def summarize(neg_elbo: Tensor, neg_log_p: Tensor, samples: int) -> dict[str, float | int]:
+    """Test-set means of the per-point bounds, KL = −ELBO − (−ln p), and the standard errors of the means."""
+    n = len(neg_log_p)
+    return {"neg_elbo": neg_elbo.mean().item(), "neg_log_p": neg_log_p.mean().item(),
+            "kl": (neg_elbo - neg_log_p).mean().item(),
+            "neg_elbo_sem": (neg_elbo.std() / math.sqrt(n)).item(),
+            "neg_log_p_sem": (neg_log_p.std() / math.sqrt(n)).item(),
+            "points": int(n), "samples": int(samples)}
+
+
+def _weights_digest(model: DLGM) -> str:
+    """A digest of the parameters, so that a saved state is only resumed for the weights it belongs to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def evaluate_resumable(model: DLGM, x_test: Tensor, samples: int, state_path: str | Path, *,
+                       batch: int = 100, seed: int = 1234, chunk: int | None = None,
+                       max_minutes: float | None = None, save_every_s: float = 60.0
+                       ) -> dict[str, Any] | None:
+    """:func:`point_bounds` over ``x_test``, ``batch`` points at a time, saved to ``state_path`` as it goes.
+
+    Batch b draws from a generator seeded ``seed + b``, so a resumed evaluation draws exactly what an
+    uninterrupted one would, whatever the device of the model. Returns the :func:`summarize` metrics (plus
+    ``eval_seconds``, the evaluation time summed over all pieces) when every point is done, or None when
+    ``max_minutes`` ran out first (the state is saved; call again to continue). A state saved for other
+    weights, samples, seed, batch or points is refused with the path to delete."""
+    p = next(model.parameters())
+    x_test = x_test.to(device=p.device, dtype=p.dtype)
+    state_path = Path(state_path)
+    chunk = chunk or max(1, 20_000 // batch)
+    key = {"format": STATE_FORMAT, "weights": _weights_digest(model), "samples": int(samples), "seed": int(seed),
+           "batch": int(batch), "points": int(x_test.shape[0])}
+    ne: list[Tensor] = []
+    nl: list[Tensor] = []
+    seconds = 0.0
+    if state_path.exists():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for truncated or foreign files
+            raise ValueError(f"{state_path} is not a readable evaluation state ({type(err).__name__}); "
+                             "delete it to start the evaluation over") from err
+        if not isinstance(state, dict) or {k: state.get(k) for k in key} != key:
+            raise ValueError(f"{state_path} belongs to another evaluation (weights, samples, seed, batch or "
+                             "points differ); delete it to start this one")
+        ne, nl, seconds = list(state["neg_elbo"].split(batch)), list(state["neg_log_p"].split(batch)), state["seconds"]
+
+    def save() -> None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
+        done = {"neg_elbo": torch.cat(ne) if ne else torch.zeros(0, dtype=torch.float64),
+                "neg_log_p": torch.cat(nl) if nl else torch.zeros(0, dtype=torch.float64)}
+        torch.save({**key, **done, "seconds": seconds}, tmp)
+        tmp.replace(state_path)
+
+    t_start = time.perf_counter()
+    t_saved = t_start
+    n_batches = math.ceil(x_test.shape[0] / batch)
+    for b in range(len(ne), n_batches):
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=p.device).manual_seed(seed + b)
+        e, l = point_bounds(model, x_test[b * batch:(b + 1) * batch], samples, gen, chunk)
+        ne.append(e.cpu())
+        nl.append(l.cpu())
+        now = time.perf_counter()
+        seconds += now - t0
+        if now - t_saved > save_every_s:
+            save()
+            t_saved = now
+        if max_minutes is not None and now - t_start > 60 * max_minutes and b + 1 < n_batches:
+            save()
+            return None
+    save()
+    return {**summarize(torch.cat(ne), torch.cat(nl), samples), "eval_seconds": round(seconds, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flowbook evaluate-weights NAME --samples 5000``: evaluate the committed weights
+    ``data/weights/NAME.pt`` of a stored Table 2 row on the whole test set and add the evaluation to
+    ``data/results/NAME.json`` (:func:`flowbook.results.add_evaluation`). Resumable: with
+    ``--max-minutes`` it stops after that long, saving its progress, and exits 3; run it again to continue."""
+    import argparse
+    import shlex
+    import sys
+
+    from . import data as fdata
+    from . import pretrained
+    from .results import RESULTS_DIR, add_evaluation, load_result
+
+    parser = argparse.ArgumentParser(prog="python -m flowbook evaluate-weights",
+                                     description=main.__doc__.split("\n")[0].strip("`: "))
+    parser.add_argument("name", help="a stored MNIST row, e.g. mnist_stored_planar_K80")
+    parser.add_argument("--samples", type=int, default=5000, help="importance samples S (the paper: 5000)")
+    parser.add_argument("--points", type=int, default=10_000, help="test digits, from the first (all: 10000)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--max-minutes", dest="max_minutes", type=float)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    parser.add_argument("--state-dir", dest="state_dir", default="data/checkpoints",
+                        help="where the progress of an unfinished evaluation is kept")
+    args = parser.parse_args(argv)
+    bad = [f"{o} must be ≥ {lo}, got {v}" for o, v, lo in (("--samples", args.samples, 1), ("--points", args.points, 1),
+                                                            ("--seed", args.seed, 0), ("--threads", args.threads, 1))
+           if v is not None and v < lo]
+    if args.points > 10_000:
+        bad.append(f"--points must be ≤ 10000 (the test set), got {args.points}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        bad.append(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if not args.name.startswith("mnist_"):
+        bad.append(f"NAME must be a stored MNIST row (mnist_...), got {args.name!r}")
+    weights = pretrained.WEIGHTS_DIR / f"{args.name}.pt"
+    result = RESULTS_DIR / f"{args.name}.json"
+    for path in (weights, result):
+        if not bad and not path.is_file():
+            bad.append(f"no file {path}: NAME must name a stored row with weights and result "
+                       f"(see {pretrained.WEIGHTS_DIR})")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        bad.append(f"--device {args.device}: CUDA is not available here (use --device cpu or auto)")
+    if bad:
+        print(f"{parser.prog}: error: {bad[0]}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    try:
+        load_result(result)
+        model = pretrained.load_file(weights, device=device)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    state = Path(args.state_dir) / f"{args.name}_eval_S{args.samples}_n{args.points}_seed{args.seed}.pt"
+    x = fdata.binarized_mnist("test")[:args.points]
+    try:
+        metrics = evaluate_resumable(model, x, args.samples, state, seed=args.seed, max_minutes=args.max_minutes)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if metrics is None:
+        print(f"{args.name}: stopped after {args.max_minutes} min; progress in {state}; run the same command "
+              "again to continue")
+        return 3
+    command = "python -m flowbook evaluate-weights " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
+    add_evaluation(result, {**metrics, "seed": args.seed, "batch": 100, "weights": f"data/weights/{args.name}.pt",
+                            "binarization": fdata.binarized_mnist_source(),
+                            "torch_threads": torch.get_num_threads()},
+                   device=device, command=command)
+    state.unlink(missing_ok=True)
+    print(f"{args.name}: -ELBO {metrics['neg_elbo']:.2f}  -ln p(x) {metrics['neg_log_p']:.2f} ± "
+          f"{metrics['neg_log_p_sem']:.2f} (S={args.samples}, {metrics['points']} test points)  KL {metrics['kl']:.2f}; "
+          f"{metrics['eval_seconds']:.0f} s; added to {result}")
+    return 0

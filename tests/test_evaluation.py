@@ -1,0 +1,115 @@
+"""Tests of flowbook.evaluation: the resumable S = 5000 evaluation of stored rows and its command line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flowbook import evaluation, pretrained, results
+from flowbook.evaluation import evaluate_resumable, point_bounds
+from flowbook.models import DLGM, DLGMConfig
+from flowbook.train import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model() -> DLGM:
+    torch.manual_seed(0)
+    return DLGM(DLGMConfig(flow="planar", K=2, hidden=16)).eval()
+
+
+def _data(n: int = 30) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(n, 784, generator=g) < 0.3).float()
+
+
+def test_point_bounds_share_their_draws():
+    model, x = _model(), _data(12)
+    ne, nl = point_bounds(model, x, 1, torch.Generator().manual_seed(0), chunk=1)
+    torch.testing.assert_close(ne, nl)  # S = 1: log-mean-exp of one weight is the weight
+    ne, nl = point_bounds(model, x, 32, torch.Generator().manual_seed(0), chunk=8)
+    assert ne.dtype == torch.float64 and bool((ne >= nl).all())  # KL ≥ 0 point by point
+
+
+def test_resumed_evaluation_equals_an_uninterrupted_one(tmp_path):
+    model, x = _model(), _data(30)
+    whole = evaluate_resumable(model, x, 16, tmp_path / "a.pt", batch=10)
+    # max_minutes = 0 stops after the first batch, with its progress saved
+    assert evaluate_resumable(model, x, 16, tmp_path / "b.pt", batch=10, max_minutes=0) is None
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["neg_log_p"].shape == (10,)
+    assert evaluate_resumable(model, x, 16, tmp_path / "b.pt", batch=10, max_minutes=0) is None
+    resumed = evaluate_resumable(model, x, 16, tmp_path / "b.pt", batch=10)
+    assert resumed is not None and whole is not None
+    for k in ("neg_elbo", "neg_log_p", "kl", "neg_log_p_sem", "points", "samples"):
+        assert resumed[k] == whole[k], k
+    assert resumed["points"] == 30 and resumed["kl"] > 0
+    # the same estimator as train.evaluate: the means agree within their standard errors
+    ref = evaluate(model, x, samples=16, batch=10)
+    assert abs(ref["neg_log_p"] - whole["neg_log_p"]) < 3 * (ref["neg_log_p_sem"] + whole["neg_log_p_sem"])
+
+
+def test_a_state_of_another_evaluation_or_a_damaged_one_is_refused(tmp_path):
+    model, x = _model(), _data(20)
+    state = tmp_path / "s.pt"
+    assert evaluate_resumable(model, x, 8, state, batch=10, max_minutes=0) is None
+    with pytest.raises(ValueError, match="another evaluation"):
+        evaluate_resumable(model, x, 16, state, batch=10)  # other S
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="another evaluation"):
+        evaluate_resumable(model, x, 8, state, batch=10)  # other weights
+    state.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=str(state)):
+        evaluate_resumable(model, x, 8, state, batch=10)
+
+
+def test_add_evaluation_keeps_the_record_and_replaces_the_same_evaluation(tmp_path):
+    path = results.save_result("r", config={"a": 1}, metrics={"neg_log_p": 90.0}, wall_time_s=1.0, device="cpu",
+                               command="python -m x", directory=tmp_path)
+    results.add_evaluation(path, {"samples": 5000, "points": 10, "seed": 1, "neg_log_p": 89.0}, device="cpu",
+                           command="c1")
+    results.add_evaluation(path, {"samples": 1000, "points": 10, "seed": 1, "neg_log_p": 89.5}, device="cpu")
+    results.add_evaluation(path, {"samples": 5000, "points": 10, "seed": 1, "neg_log_p": float("nan")},
+                           device="cpu", command="c2")
+    record = json.loads(path.read_text())  # strict JSON: NaN became null
+    assert record["metrics"] == {"neg_log_p": 90.0} and record["command"] == "python -m x"
+    assert [(e["samples"], e["command"], e["neg_log_p"]) for e in record["evaluations"]] == [
+        (1000, record["evaluations"][0]["command"], 89.5), (5000, "c2", None)]
+    assert {"commit", "device", "date", "torch"} <= set(record["evaluations"][1])
+
+
+@pytest.fixture
+def stored_row(tmp_path, monkeypatch):
+    """A tiny 'stored row' (weights and result) in temporary weights and results directories."""
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    pretrained.save(_model(), "mnist_stored_planar_K2", tmp_path / "weights")
+    results.save_result("mnist_stored_planar_K2", config={}, metrics={}, wall_time_s=0.0, device="cpu",
+                        directory=tmp_path / "results")
+    return tmp_path
+
+
+def test_command_line_adds_the_evaluation_to_the_stored_result(stored_row, capsys):
+    argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20", "--state-dir", str(stored_row / "ck")]
+    assert evaluation.main(argv) == 0
+    record = json.loads((stored_row / "results" / "mnist_stored_planar_K2.json").read_text())
+    (entry,) = record["evaluations"]
+    assert entry["samples"] == 4 and entry["points"] == 20 and entry["weights"].endswith("mnist_stored_planar_K2.pt")
+    assert entry["command"].startswith("python -m flowbook evaluate-weights mnist_stored_planar_K2")
+    assert not list((stored_row / "ck").glob("*.pt"))  # the progress file goes once the result is written
+    assert "added to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mnist_stored_planar_K2", "--samples", "0"], "--samples must be ≥ 1"),
+    (["mnist_stored_planar_K2", "--points", "10001"], "--points must be ≤ 10000"),
+    (["mnist_stored_planar_K2", "--max-minutes", "0"], "--max-minutes must be > 0"),
+    (["cifar10_stored_K10"], "stored MNIST row"),
+    (["mnist_stored_planar_K7"], "no file"),
+])
+def test_command_line_refuses_bad_input_in_one_line(stored_row, capsys, argv, message):
+    assert evaluation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
