@@ -28,28 +28,28 @@ A finished run writes ``data/results/cifar10_<mode>_K<K>.json`` per flow length,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import re
-import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from . import data as fdata
-from .models import PLANAR_IMPL, DLGMConfig, planar_kernel
-from .results import save_result
-from .train import Run, TrainConfig, evaluate, train
+from . import runner
+from .models import DLGM, DLGMConfig
+from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
+                      parse_checked, weights_dir_for)
+from .train import Run, TrainConfig, evaluate
 
 __all__ = ["PATCH_SIZE", "PATCH_DIM", "EPS", "LATENT", "KS", "PAPER_TABLE3", "CifarConfig", "FAST", "FULL",
-           "config_for", "unit_patches", "train_data", "test_data", "nats_per_patch", "bpd_from_nats",
-           "evaluate_rows", "result_name", "finish", "load_full_results", "to_pixels", "main"]
+           "STORED", "config_for", "unit_patches", "train_data", "valid_data", "test_data", "nats_per_patch",
+           "bpd_from_nats", "row_metrics", "evaluate_rows", "finish", "load_full_results", "to_pixels", "main"]
 
 PATCH_SIZE = 8
 PATCH_DIM = 3 * PATCH_SIZE * PATCH_SIZE  # D = 192
@@ -66,7 +66,11 @@ TEST_NOISE_SEED = 12
 @dataclass(frozen=True)
 class CifarConfig(TrainConfig):
     """A :class:`flowbook.train.TrainConfig` for CIFAR-10 patches: the same optimizer, annealing and
-    evaluation fields, plus the data fields the MNIST trainer does not have."""
+    evaluation fields, plus the data fields the MNIST trainer does not have; as the runner's
+    configuration (:mod:`flowbook.runner`) it names the ``cifar10_*`` results and gives the patches."""
+    #: The checkpoints keep the prefix they had when the MNIST trainer named every checkpoint, so that the
+    #: Table 3 runs resume from their files (which live in their own ``--ckpt-dir``, data/checkpoints/cifar10).
+    checkpoint_prefix: ClassVar[str] = "mnist"
     rows: tuple[tuple[str, int], ...] = tuple(("planar", K) for K in KS)
     likelihood: str = "logit_normal"
     data_dim: int = PATCH_DIM
@@ -84,6 +88,34 @@ class CifarConfig(TrainConfig):
                            maxout_units=self.maxout_units, likelihood=self.likelihood,  # type: ignore[arg-type]
                            logit_normal_variance=self.logit_normal_variance, seed=self.seed)  # type: ignore[arg-type]
                 for f, k in self.rows]
+
+    def result_name(self, flow: str, K: int) -> str:
+        """``cifar10_<mode>[_<label>]_K<K>``: the result (and weights) name of one row (all rows are planar)."""
+        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
+        return f"cifar10_{self.mode}{label}_K{K}"
+
+    def training_data(self) -> Tensor:
+        """:func:`train_data`."""
+        return train_data(self)
+
+    def validation_data(self) -> Tensor:
+        """:func:`valid_data`."""
+        return valid_data(self)
+
+    def test_data(self) -> Tensor:
+        """:func:`test_data`."""
+        return test_data(self)
+
+    def data_record(self) -> dict[str, Any]:
+        """What a result records of the data: the patches, their seeds, the dequantization, the unit."""
+        return {"data": {"patch": f"3x{PATCH_SIZE}x{PATCH_SIZE}", "test_patch_seed": fdata.CIFAR10_TEST_PATCH_SEED,
+                         "train_patch_seed": fdata.CIFAR10_TRAIN_PATCH_SEED,
+                         "noise_seeds": [TRAIN_NOISE_SEED, TEST_NOISE_SEED], "dequantization": "(x + u)/256",
+                         "eps": self.eps, "reported": "-ln p_V(v), nats per patch, v in [0,1)^D"}}
+
+    def row_metrics(self, row: DLGM, x_test: Tensor, progress: bool | None = None) -> dict[str, Any]:
+        """Table 3's numbers of one trained row (:func:`row_metrics`) with S = ``eval_samples``."""
+        return row_metrics(row, x_test, self.eval_samples, self.data_dim, self.eps)
 
 
 #: Fast mode (2 CPU cores, about a minute of training) — the four rows trained together on 50 000
@@ -179,78 +211,39 @@ def bpd_from_nats(nats: Tensor | float, dim: int = PATCH_DIM) -> Tensor | float:
     return fdata.bits_per_dim(-nats - dim * math.log(256.0), dim)
 
 
+def row_metrics(row: DLGM, x_test: Tensor, samples: int, dim: int = PATCH_DIM, eps: float = EPS,
+                seed: int = 1234) -> dict[str, Any]:
+    """One trained row on the test patches y, in nats per patch of v: :func:`flowbook.train.evaluate`
+    (bound and importance-sampled ln p(x) with the same S draws) plus D ln(1 − 2ε)'s correction
+    (:func:`nats_per_patch`), the bits per dimension and the standard errors."""
+    shift = -fdata.unit_interval_log_jacobian(dim, eps)  # −ln p_V = −ln p_Y + shift
+    m = evaluate(row, x_test, samples, seed=seed, progress=False)
+    bound, nll = m["neg_elbo"] + shift, m["neg_log_p"] + shift
+    return {"neg_elbo": bound, "neg_log_p": nll, "kl": m["kl"],
+            "neg_elbo_sem": m["neg_elbo_sem"], "neg_log_p_sem": m["neg_log_p_sem"],
+            "bpd": float(bpd_from_nats(nll, dim)), "points": m["points"], "samples": m["samples"]}
+
+
 def evaluate_rows(run: Run, x_test: Tensor, samples: int | None = None, seed: int = 1234,
                   rows: list | None = None) -> dict[int, dict[str, float]]:
-    """Every row of a trained run on the test patches y: {K: metrics}, in nats per patch of v.
-
-    Wraps :func:`flowbook.train.evaluate` (bound and importance-sampled ln p(x) with the same S draws)
-    and adds D ln(1 − 2ε)'s correction, the bits per dimension and the standard errors.
-    """
+    """Every row of a trained run on the test patches y: {K: :func:`row_metrics` and ``eval_seconds``}."""
     cfg = run.config
-    samples = samples or cfg.eval_samples
-    shift = -fdata.unit_interval_log_jacobian(cfg.data_dim, cfg.eps)  # −ln p_V = −ln p_Y + shift
     out = {}
     for (_, K), row in zip(cfg.rows, rows if rows is not None else run.final_rows()):
         t0 = time.perf_counter()
-        m = evaluate(row, x_test, samples, seed=seed, progress=False)
-        bound, nll = m["neg_elbo"] + shift, m["neg_log_p"] + shift
-        out[K] = {"neg_elbo": bound, "neg_log_p": nll, "kl": m["kl"],
-                  "neg_elbo_sem": m["neg_elbo_sem"], "neg_log_p_sem": m["neg_log_p_sem"],
-                  "bpd": float(bpd_from_nats(nll, cfg.data_dim)), "points": m["points"], "samples": m["samples"],
+        out[K] = {**row_metrics(row, x_test, samples or cfg.eval_samples, cfg.data_dim, cfg.eps, seed),
                   "eval_seconds": round(time.perf_counter() - t0, 3)}
     return out
-
-
-def result_name(cfg: CifarConfig, K: int) -> str:
-    """``cifar10_<mode>[_<label>]_K<K>``: the result file of one row."""
-    label = f"_{cfg.label.replace(' ', '-')}" if cfg.label else ""
-    return f"cifar10_{cfg.mode}{label}_K{K}"
 
 
 def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, command: str | None = None,
            x_test: Tensor | None = None, weights_dir: str | Path | None = None,
            overwrite: bool = False) -> dict[int, dict[str, Any]]:
-    """Evaluate a finished run and write ``cifar10_<mode>_K<K>.json`` per row (with provenance).
-
-    Rows are evaluated with their best-validation parameters when the run validated; with
-    ``weights_dir`` they are rounded to float16 and saved there first (:mod:`flowbook.pretrained`)."""
-    from . import pretrained
-    from .train import refuse_overwrite
-
-    cfg = run.config
-    if out_dir is not None:
-        for K in (k for _, k in cfg.rows):
-            refuse_overwrite(Path(out_dir) / f"{result_name(cfg, K)}.json", cfg, overwrite)
-    if x_test is None:
-        x_test = test_data(cfg)
-    rows = run.final_rows()
-    if weights_dir is not None:
-        for (_, K), row in zip(cfg.rows, rows):
-            pretrained.round_like_saved(row)
-            pretrained.save(row, result_name(cfg, K), weights_dir)
-    metrics = evaluate_rows(run, x_test, rows=rows)
-    if out_dir is not None:
-        for r, (flow, K) in enumerate(cfg.rows):
-            best = run.best[r] if r < len(run.best) else None
-            eval_seconds = metrics[K]["eval_seconds"]
-            config = {"train": asdict(cfg), "model": cfg.model_configs()[r].to_dict(),
-                      "data": {"patch": f"3x{PATCH_SIZE}x{PATCH_SIZE}", "test_patch_seed": fdata.CIFAR10_TEST_PATCH_SEED,
-                               "train_patch_seed": fdata.CIFAR10_TRAIN_PATCH_SEED, "noise_seeds":
-                               [TRAIN_NOISE_SEED, TEST_NOISE_SEED], "dequantization": "(x + u)/256",
-                               "eps": cfg.eps, "reported": "-ln p_V(v), nats per patch, v in [0,1)^D"},
-                      "planar_impl": PLANAR_IMPL, "planar_kernel": planar_kernel(device, cfg.dtype),
-                      "updates_done": run.step,
-                      "train_seconds": round(run.train_seconds, 3), "rows_trained_together": len(cfg.rows),
-                      "evaluated_at_update": best["step"] if best is not None else run.step,
-                      "weights": f"data/weights/{result_name(cfg, K)}.pt" if weights_dir is not None else None,
-                      "torch_threads": torch.get_num_threads(),
-                      "log": [{"step": e["step"], "beta": e["beta"], "free_energy": e["free_energy"][r]}
-                              for e in run.log],
-                      "valid_log": [{"step": e["step"], "free_energy": e["free_energy"][r]} for e in run.valid_log]}
-            save_result(result_name(cfg, K), config=config, metrics=metrics[K],
-                        device=device, command=command, wall_time_s=run.train_seconds + eval_seconds,
-                        directory=out_dir)
-    return metrics
+    """:func:`flowbook.runner.finish` of a CIFAR-10 run, {K: metrics}: writes ``cifar10_<mode>_K<K>.json``
+    per row (with provenance) and, with ``weights_dir``, the float16 weights they were computed from."""
+    metrics = runner.finish(run, device=device, out_dir=out_dir, command=command, x_test=x_test, progress=False,
+                            weights_dir=weights_dir, overwrite=overwrite)
+    return {K: metrics[run.config.result_name(flow, K)] for flow, K in run.config.rows}
 
 
 def load_full_results(directory: str | Path | None = None) -> dict[int, dict[str, Any]]:
@@ -274,39 +267,23 @@ MAX_N_TRAIN = 10_000_000
 MAX_EVAL_POINTS = 100_000
 
 
-def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[int, ...]:
-    """Refuse out-of-range options before any data loads (exit status 2, one line naming the option);
-    returns the flow lengths of ``--K``."""
-    from .__main__ import (MAX_K, MAX_SEED, usage_error, check_device, check_float, check_int, check_label,
-                           check_writable_dir)
-
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range options before any data loads (:class:`flowbook.options.OptionError`)."""
     Ks = []
     for item in args.K.split(","):
         item = item.strip()
         if not re.fullmatch(r"\d+", item):
-            usage_error(parser, f"--K must be comma-separated flow lengths in 0..{MAX_K}, e.g. 0,2,5,10; "
-                                f"got {args.K!r} ({item!r} is not a non-negative integer)")
-        check_int(parser, "--K", int(item), 0, MAX_K, " (the paper's Table 3 uses 0, 2, 5, 10)")
+            raise OptionError(f"--K must be comma-separated flow lengths in 0..{MAX_K}, e.g. 0,2,5,10; "
+                              f"got {args.K!r} ({item!r} is not a non-negative integer)")
+        check_int("--K", int(item), 0, MAX_K, " (the paper's Table 3 uses 0, 2, 5, 10)")
         Ks.append(int(item))
     if len(set(Ks)) != len(Ks):
-        usage_error(parser, f"--K lists a flow length twice ({args.K!r}); each row's results are named by K")
+        raise OptionError(f"--K lists a flow length twice ({args.K!r}); each row's results are named by K")
     preset = config_for(args.mode)
-    check_int(parser, "--updates", args.updates, 1)
-    check_int(parser, "--n-train", args.n_train, preset.batch_size, MAX_N_TRAIN,
+    check_run_options(args, train=True, evaluate=True)
+    check_int("--n-train", args.n_train, preset.batch_size, MAX_N_TRAIN,
               f" (at least one minibatch of {preset.batch_size})")
-    check_int(parser, "--eval-points", args.eval_points, 1, MAX_EVAL_POINTS)
-    check_int(parser, "--eval-samples", args.eval_samples, 1)
-    check_int(parser, "--seed", args.seed, 0, MAX_SEED)
-    check_int(parser, "--threads", args.threads, 1)
-    check_float(parser, "--max-minutes", args.max_minutes, 0.0)
-    check_label(parser, "--label", args.label)
-    check_device(parser, "--device", args.device)
-    check_writable_dir(parser, "--ckpt-dir", args.ckpt_dir)
-    check_writable_dir(parser, "--out", args.out)
-    weights_dir = args.weights_dir or ("data/weights" if args.mode == "stored" else None)
-    if weights_dir is not None:
-        check_writable_dir(parser, "--weights-dir", weights_dir)
-    return tuple(Ks)
+    check_int("--eval-points", args.eval_points, 1, MAX_EVAL_POINTS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,61 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m flowbook.cifar", description=main.__doc__)
     parser.add_argument("command", choices=("train",))
-    parser.add_argument("--mode", default="fast", choices=tuple(PRESETS))
+    add_run_arguments(parser, modes=PRESETS, ckpt_dir="data/checkpoints/cifar10")
     parser.add_argument("--K", default=",".join(map(str, KS)), help="flow lengths trained together, e.g. 0,2,5,10")
-    parser.add_argument("--updates", type=int)
-    parser.add_argument("--variance", choices=("per_dim", "amortized"), help="logit-normal variance")
+    parser.add_argument("--variance", dest="logit_normal_variance", choices=("per_dim", "amortized"),
+                        help="logit-normal variance")
     parser.add_argument("--n-train", dest="n_train", type=int, help="training patches (drawn once)")
-    parser.add_argument("--eval-points", dest="eval_points", type=int, help="test patches evaluated")
-    parser.add_argument("--eval-samples", dest="eval_samples", type=int, help="S of the importance-sampled ln p(x)")
-    parser.add_argument("--label", help="tag in the result names, e.g. 'dry-run'")
-    parser.add_argument("--seed", type=int, help="seed of the initialization, minibatches and noise")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--out", default="data/results", help="directory of the result JSON files")
-    parser.add_argument("--ckpt-dir", dest="ckpt_dir", default="data/checkpoints/cifar10")
-    parser.add_argument("--weights-dir", dest="weights_dir",
-                        help="save each row's float16 weights here (default in stored mode: data/weights)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a stored result of another configuration")
-    parser.add_argument("--max-minutes", dest="max_minutes", type=float,
-                        help="checkpoint and stop after this much training time; run again to resume")
-    parser.add_argument("--restart", action="store_true",
-                        help="delete this configuration's checkpoint (e.g. a damaged one) and start over")
-    args = parser.parse_args(argv)
-    Ks = _check_args(args, parser)
-    from .train import CheckpointError, refuse_overwrite
-
-    changes: dict[str, Any] = {"rows": tuple(("planar", k) for k in Ks)}
-    for name in ("updates", "n_train", "eval_points", "eval_samples", "label", "seed"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    if args.variance is not None:
-        changes["logit_normal_variance"] = args.variance
-    cfg = dataclasses.replace(config_for(args.mode), **changes)
-    error = f"{parser.prog} {args.command}: error: "
-    try:  # a stored result of another configuration is refused now, not after hours of training
-        for K in Ks:
-            refuse_overwrite(Path(args.out) / f"{result_name(cfg, K)}.json", cfg, args.overwrite)
-    except FileExistsError as err:
-        print(error + str(err), file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    images, _ = fdata.load_cifar10("train")
-    x_valid = valid_data(cfg, images=images) if cfg.valid_every else None
-    try:
-        run = train(cfg, x_train=train_data(cfg, images=images), x_valid=x_valid, device=device,
-                    ckpt_dir=args.ckpt_dir, max_minutes=args.max_minutes, progress=False, restart=args.restart)
-    except CheckpointError as err:
-        print(error + str(err), file=sys.stderr)
-        return 2
-    if not run.finished:
-        print(f"stopped at update {run.step}/{cfg.updates}; run the same command again to resume")
-        return 3
-    command = "python -m flowbook.cifar " + " ".join(shlex.quote(a) for a in argv)
-    weights_dir = args.weights_dir or ("data/weights" if cfg.mode == "stored" else None)
-    metrics = finish(run, device=device, out_dir=args.out, command=command, weights_dir=weights_dir,
+    args = parse_checked(parser, argv, _check_args)
+    rows = tuple(("planar", int(k)) for k in args.K.split(","))
+    cfg = config_from_args(config_for(args.mode), args, ("updates", "n_train", "eval_points", "eval_samples",
+                                                         "label", "seed", "logit_normal_variance"), rows=rows)
+    run = runner.train_command(cfg, args, prog=parser.prog, progress=False)
+    if isinstance(run, int):
+        return run
+    metrics = finish(run, device=runner.pick_device(args.device), out_dir=args.out,
+                     command=runner.command_line(parser.prog, argv), weights_dir=weights_dir_for(args),
                      overwrite=args.overwrite)
     for K, m in metrics.items():
         print(f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "

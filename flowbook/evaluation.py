@@ -136,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     ``data/results/NAME.json`` (:func:`flowbook.results.add_evaluation`). Resumable: with
     ``--max-minutes`` it stops after that long, saving its progress, and exits 3; run it again to continue."""
     import argparse
-    import shlex
     import sys
 
     from . import data as fdata
     from . import pretrained
+    from .options import OptionError, check_device, check_float, check_int
     from .results import RESULTS_DIR, add_evaluation, load_result
+    from .runner import command_line, pick_device
 
     parser = argparse.ArgumentParser(prog="python -m flowbook evaluate-weights",
                                      description=main.__doc__.split("\n")[0].strip("`: "))
@@ -155,30 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", dest="state_dir", default="data/checkpoints",
                         help="where the progress of an unfinished evaluation is kept")
     args = parser.parse_args(argv)
-    bad = [f"{o} must be ≥ {lo}, got {v}" for o, v, lo in (("--samples", args.samples, 1), ("--points", args.points, 1),
-                                                            ("--seed", args.seed, 0), ("--threads", args.threads, 1))
-           if v is not None and v < lo]
-    if args.points > 10_000:
-        bad.append(f"--points must be ≤ 10000 (the test set), got {args.points}")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        bad.append(f"--max-minutes must be > 0, got {args.max_minutes}")
-    if not args.name.startswith("mnist_"):
-        bad.append(f"NAME must be a stored MNIST row (mnist_...), got {args.name!r}")
     weights = pretrained.WEIGHTS_DIR / f"{args.name}.pt"
     result = RESULTS_DIR / f"{args.name}.json"
-    for path in (weights, result):
-        if not bad and not path.is_file():
-            bad.append(f"no file {path}: NAME must name a stored row with weights and result "
-                       f"(see {pretrained.WEIGHTS_DIR})")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        bad.append(f"--device {args.device}: CUDA is not available here (use --device cpu or auto)")
-    if bad:
-        print(f"{parser.prog}: error: {bad[0]}", file=sys.stderr)
+    try:
+        check_int("--samples", args.samples, 1)
+        check_int("--points", args.points, 1, 10_000, " (the test set)")
+        check_int("--seed", args.seed, 0)
+        check_int("--threads", args.threads, 1)
+        check_float("--max-minutes", args.max_minutes, 0.0)
+        if not args.name.startswith("mnist_"):
+            raise OptionError(f"NAME must be a stored MNIST row (mnist_...), got {args.name!r}")
+        for path in (weights, result):
+            if not path.is_file():
+                raise OptionError(f"no file {path}: NAME must name a stored row with weights and result "
+                                  f"(see {pretrained.WEIGHTS_DIR})")
+        check_device("--device", args.device)
+    except OptionError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     try:
         load_result(result)
         model = pretrained.load_file(weights, device=device)
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.name}: stopped after {args.max_minutes} min; progress in {state}; run the same command "
               "again to continue")
         return 3
-    command = "python -m flowbook evaluate-weights " + " ".join(shlex.quote(a) for a in (argv or sys.argv[2:]))
+    command = command_line(parser.prog, argv if argv is not None else sys.argv[2:])
     add_evaluation(result, {**metrics, "seed": args.seed, "batch": 100, "weights": f"data/weights/{args.name}.pt",
                             "binarization": fdata.binarized_mnist_source(),
                             "torch_threads": torch.get_num_threads()},

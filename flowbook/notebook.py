@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from . import runner
+
 MODES = ("fast", "full")
 
 
@@ -24,11 +26,9 @@ def get_mode() -> str:
 
 
 def pick_device() -> torch.device:
-    """CUDA when available (``FLOWBOOK_DEVICE`` overrides, e.g. ``cpu``), else the CPU."""
-    name = os.environ.get("FLOWBOOK_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available (``FLOWBOOK_DEVICE`` overrides, e.g. ``cpu``), else the CPU: the runner's
+    choice (:func:`flowbook.runner.pick_device`), so that chapters and commands pick alike."""
+    return runner.pick_device(os.environ.get("FLOWBOOK_DEVICE") or "auto")
 
 
 def seed_everything(seed: int) -> None:

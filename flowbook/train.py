@@ -17,41 +17,45 @@ and the training log, written atomically every ``ckpt_every`` updates and when a
 (``max_minutes``) runs out. A run that is killed (even with ``kill -9``) and started again with the
 same command resumes from its last checkpoint and ends with the same parameters, bit for bit on the
 CPU, as a run that never stopped. A checkpoint that cannot be read (e.g. truncated by a full disk) or
-that holds another configuration is refused with a :class:`CheckpointError` naming the file; ``restart``
-(``--restart`` on the command line) deletes it and starts over.
+that holds another configuration is refused with a :class:`~flowbook.checkpoints.CheckpointError` naming
+the file; ``restart`` (``--restart`` on the command line) deletes it and starts over. The checkpoint files,
+and the results a finished run writes, are the dataset-neutral runner's (:mod:`flowbook.checkpoints`,
+:mod:`flowbook.runner`): this module is its training loop and binarized MNIST's configuration.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import math
-import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from . import data as fdata
+from .checkpoints import (RESTART_HINT, CheckpointError, checkpoint_path, first_line, load_checkpoint,
+                          prepare_ckpt_dir, remove_dead_temporaries, save_atomic)
 from .evaluation import point_bounds, summarize
-from .models import DLGM, DLGMConfig, MultiDLGM, PLANAR_IMPL, planar_kernel
+from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
-from .results import ensure_writable_dir, save_result
+from .runner import config_digest
 
-__all__ = ["TrainConfig", "FAST", "FULL", "parse_rows", "build_model", "train", "evaluate", "row_name",
-           "Run", "checkpoint_path", "STORED", "PRESETS", "config_digest",
-           "validation_free_energy", "refuse_overwrite", "CheckpointError", "prepare_ckpt_dir",
-           "load_checkpoint"]
+__all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
+           "train", "evaluate", "Run", "validation_free_energy"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a run's result (it is stored in every checkpoint and result)."""
+    """Everything that determines a run's result (it is stored in every checkpoint and result).
+
+    It is also binarized MNIST's configuration of the runner (:mod:`flowbook.runner`): its methods name
+    the files and give the data and the evaluation of Table 2; :class:`flowbook.cifar.CifarConfig`
+    overrides them for Table 3. Methods and class variables are not fields, so they never change
+    :meth:`digest`."""
+    #: The first part of this dataset's checkpoint names, e.g. ``mnist_stored_planar80_1e13cfaad81e.pt``.
+    checkpoint_prefix: ClassVar[str] = "mnist"
     rows: tuple[tuple[str, int], ...] = (("planar", 0),)
     mode: str = "fast"
     updates: int = 2000
@@ -89,11 +93,32 @@ class TrainConfig:
             return self.lr
         return self.lr_final + 0.5 * (self.lr - self.lr_final) * (1 + math.cos(math.pi * min(t, self.updates) / self.updates))
 
+    def result_name(self, flow: str, K: int) -> str:
+        """The result (and weights) name of one row, e.g. ``mnist_full_planar_K80`` (K = 0:
+        ``mnist_full_diagonal``)."""
+        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
+        what = "diagonal" if K == 0 else f"{flow}_K{K}"
+        return f"mnist_{self.mode}{label}_{what}"
 
-def config_digest(config: dict) -> str:
-    """:meth:`TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance)."""
-    train_fields = {k: v for k, v in config.items() if not k.startswith("eval_")}
-    return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
+    def training_data(self) -> Tensor:
+        """Binarized MNIST's 50 000 training digits."""
+        return fdata.binarized_mnist("train")
+
+    def validation_data(self) -> Tensor:
+        """The first ``valid_points`` of binarized MNIST's 10 000 validation digits."""
+        return fdata.binarized_mnist("valid")[:self.valid_points]
+
+    def test_data(self) -> Tensor:
+        """The first ``eval_points`` of binarized MNIST's 10 000 test digits."""
+        return fdata.binarized_mnist("test")[:self.eval_points]
+
+    def data_record(self) -> dict[str, Any]:
+        """What a result records of the data: the binarization used (it moves −ln p(x) by about a nat)."""
+        return {"binarization": fdata.binarized_mnist_source()}
+
+    def row_metrics(self, row: DLGM, x_test: Tensor, progress: bool | None = None) -> dict[str, Any]:
+        """Table 2's numbers of one trained row: :func:`evaluate` with S = ``eval_samples``, in nats."""
+        return evaluate(row, x_test, self.eval_samples, progress=progress)
 
 
 #: Fast mode — 2 CPU cores, minutes. Adam with learning rate 1e-3 and a 500-update annealing. Why not the
@@ -132,24 +157,11 @@ def parse_rows(spec: str) -> tuple[tuple[str, int], ...]:
     return tuple(rows)
 
 
-def row_name(cfg: TrainConfig, flow: str, K: int) -> str:
-    """The result file name of one row, e.g. ``mnist_full_planar_K80`` (K = 0: ``mnist_full_diagonal``)."""
-    label = f"_{cfg.label.replace(' ', '-')}" if cfg.label else ""
-    what = "diagonal" if K == 0 else f"{flow}_K{K}"
-    return f"mnist_{cfg.mode}{label}_{what}"
-
-
 def build_model(cfg: TrainConfig) -> DLGM | MultiDLGM:
     """One row: a :class:`~flowbook.models.DLGM`; several rows: a :class:`~flowbook.models.MultiDLGM`
     (stacked, trained together)."""
     configs = cfg.model_configs()
     return DLGM(configs[0]) if len(configs) == 1 else MultiDLGM(configs)
-
-
-def checkpoint_path(cfg: TrainConfig, ckpt_dir: str | Path) -> Path:
-    rows = "-".join("diagonal" if k == 0 else f"{f}{k}" for f, k in cfg.rows)
-    label = f"_{cfg.label.replace(' ', '-')}" if cfg.label else ""
-    return Path(ckpt_dir) / f"mnist_{cfg.mode}{label}_{rows}_{cfg.digest()}.pt"
 
 
 def _epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
@@ -181,103 +193,6 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
     raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {cfg.optimizer!r}")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint (or its directory) that a run cannot use; the message names the file and the fix."""
-
-
-_RESTART_HINT = "delete it, or run the same command with --restart (restart=True in train()) to start over"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
-def prepare_ckpt_dir(ckpt_dir: str | Path) -> Path:
-    """Create ``ckpt_dir`` if missing and check that files can be written there, so that a run fails at
-    once instead of after its first ``ckpt_every`` updates; returns it as a Path."""
-    ckpt_dir = Path(ckpt_dir)
-    try:
-        ensure_writable_dir(ckpt_dir)
-    except OSError as err:
-        raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({err.strerror or err}); "
-                              "fix its permissions or choose another --ckpt-dir") from err
-    return ckpt_dir
-
-
-def _pid_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError as err:
-        return err.errno != errno.ESRCH
-    return True
-
-
-def _remove_dead_temporaries(ckpt_dir: Path) -> list[Path]:
-    """Delete ``*.pt.tmp<pid>`` files left by saves whose process was killed (its pid is not alive);
-    a save in progress (live pid) is left alone. Returns the deleted paths."""
-    removed = []
-    for tmp in ckpt_dir.glob("*.pt.tmp*"):
-        match = re.fullmatch(r".*\.pt\.tmp(\d+)", tmp.name)
-        if match and tmp.is_file() and not _pid_is_alive(int(match.group(1))):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _train_fields(config: dict) -> dict:
-    # the fields a checkpoint's run depends on (as in config_digest), JSON-normalized (tuples → lists)
-    return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("eval_")}))
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint of ``cfg``; raise :class:`CheckpointError` naming the file when it cannot be
-    read or was written by another training configuration (its ``config`` is compared field by field,
-    not only through the digest in its name; evaluation settings may differ)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # truncated, random or empty files fail in torch/pickle with many types
-        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({_first_line(err)}); "
-                              f"{_RESTART_HINT}") from err
-    keys = ("config", "step", "model", "optim", "noise", "log", "log_acc", "log_acc_n", "train_seconds")
-    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is damaged or not a flowbook checkpoint (it lacks {missing}); "
-                              f"{_RESTART_HINT}")
-    stored, wanted = _train_fields(state["config"]), _train_fields(asdict(cfg))
-    if stored != wanted:
-        absent = "<absent>"
-        diff = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k, absent) != wanted.get(k, absent))
-        changes = ", ".join(f"{k}: {stored.get(k, absent)!r} in the checkpoint, {wanted.get(k, absent)!r} now"
-                            for k in diff)
-        raise CheckpointError(f"checkpoint {path} belongs to another configuration ({changes}); move it away "
-                              f"to keep it, or {_RESTART_HINT}")
-    return state
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # on disk before the rename, so a crash never leaves a renamed but empty file
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"could not write checkpoint {path} ({err.strerror or err}); any earlier "
-                                  "checkpoint is intact: free disk space or fix the directory, then run again") from err
-        raise
 
 
 @dataclass
@@ -331,9 +246,10 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     """Train ``cfg.rows`` together for ``cfg.updates`` updates (Algorithm 1), resuming from a checkpoint.
 
     Args:
-        x_train: (N, D) training data on any device (default: binarized MNIST's training split).
-        x_valid: validation data for ``cfg.valid_every`` (default: the first ``cfg.valid_points`` of
-            binarized MNIST's validation split); the best-validation parameters of every row are kept.
+        x_train: (N, D) training data on any device (default: the config's
+            :meth:`~TrainConfig.training_data`, e.g. binarized MNIST's training split).
+        x_valid: validation data for ``cfg.valid_every`` (default: the config's
+            :meth:`~TrainConfig.validation_data`); the best-validation parameters of every row are kept.
         ckpt_dir: where checkpoints live (created if missing; it must be writable); None disables them.
             An existing checkpoint of the same config is resumed; a damaged one, or one whose stored
             config differs, raises :class:`CheckpointError`. Temporary files of killed saves
@@ -352,18 +268,18 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     state = None
     if ckpt_dir is not None:  # before any data loads: a bad directory or checkpoint fails at once
         path = checkpoint_path(cfg, prepare_ckpt_dir(ckpt_dir))
-        _remove_dead_temporaries(path.parent)
+        remove_dead_temporaries(path.parent)
         if restart:
             path.unlink(missing_ok=True)
         elif path.exists():
             state = load_checkpoint(path, cfg, device)
     dtype = getattr(torch, cfg.dtype)
     if x_train is None:
-        x_train = fdata.binarized_mnist("train")
+        x_train = cfg.training_data()
     x_train = x_train.to(device=device, dtype=dtype)
     if cfg.valid_every:
         if x_valid is None:
-            x_valid = fdata.binarized_mnist("valid")
+            x_valid = cfg.validation_data()
         x_valid = x_valid[:cfg.valid_points].to(device=device, dtype=dtype)
     model = build_model(cfg).to(device=device, dtype=dtype)
     opt = make_optimizer(cfg, model.parameters())
@@ -379,8 +295,8 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
             opt.load_state_dict(state["optim"])
             noise.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
         except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this model ({_first_line(err)}); "
-                                  f"{_RESTART_HINT}") from err
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({first_line(err)}); "
+                                  f"{RESTART_HINT}") from err
         run.step, run.log, run.train_seconds = state["step"], state["log"], state["train_seconds"]
         run.valid_log, run.best = state.get("valid_log", []), state.get("best", [None] * R)
         run.resumed_from = run.step
@@ -389,7 +305,7 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
 
     def checkpoint() -> None:
         if path is not None:
-            _save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
+            save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
                           "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
                           "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds,
                           "valid_log": run.valid_log, "best": run.best}, path)
@@ -478,68 +394,3 @@ def evaluate(model: DLGM, x_test: Tensor, samples: int, *, batch: int = 100, chu
         neg_elbo.append(e)
         neg_logp.append(l)
     return summarize(torch.cat(neg_elbo), torch.cat(neg_logp), samples)
-
-
-def refuse_overwrite(path: Path, cfg: TrainConfig, overwrite: bool) -> None:
-    """Raise if ``path`` holds a result of another training configuration (unless ``overwrite``):
-    a run never silently replaces a stored result it did not produce."""
-    if overwrite or not path.exists():
-        return
-    try:
-        stored = json.loads(path.read_text())["config"]["train"]
-    except (ValueError, KeyError, TypeError):
-        stored = None
-    if not isinstance(stored, dict) or config_digest(stored) != cfg.digest():
-        raise FileExistsError(f"{path} holds a result of another configuration; give the run a --label, "
-                              "or pass --overwrite to replace it")
-
-
-def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, command: str | None = None,
-           x_test: Tensor | None = None, progress: bool | None = None, weights_dir: str | Path | None = None,
-           overwrite: bool = False) -> dict[str, dict[str, Any]]:
-    """Evaluate every row of a finished run on the test set and write one result JSON per row.
-
-    Each row is evaluated with its best-validation parameters when the run validated
-    (:meth:`Run.final_rows`). With ``weights_dir``, the row's parameters are rounded to float16 and
-    saved there first (:mod:`flowbook.pretrained`), so the result describes exactly the saved weights.
-    Returns {row name: metrics}. The result's config holds the training config, the row's model
-    config, the binarization used, the planar implementation and the training and validation logs.
-    """
-    from . import pretrained
-
-    cfg = run.config
-    if x_test is None:
-        x_test = fdata.binarized_mnist("test")
-    x_test = x_test[:cfg.eval_points]
-    source = fdata.binarized_mnist_source()
-    names = [row_name(cfg, flow, K) for flow, K in cfg.rows]
-    if out_dir is not None:
-        for name in names:
-            refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite)
-    out = {}
-    for r, ((flow, K), row, name) in enumerate(zip(cfg.rows, run.final_rows(), names)):
-        best = run.best[r] if r < len(run.best) else None
-        if weights_dir is not None:
-            pretrained.round_like_saved(row)
-            pretrained.save(row, name, weights_dir)
-        t0 = time.perf_counter()
-        metrics = evaluate(row, x_test, cfg.eval_samples, progress=progress)
-        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
-        if best is not None:
-            metrics["best_valid_free_energy"] = best["free_energy"]
-        config = {"train": asdict(cfg), "model": row.config.to_dict(), "binarization": source,
-                  "planar_impl": PLANAR_IMPL, "planar_kernel": planar_kernel(device, cfg.dtype),
-                  "updates_done": run.step, "rows_trained_together": len(cfg.rows),
-                  "train_seconds": round(run.train_seconds, 3),
-                  "evaluated_at_update": best["step"] if best is not None else run.step,
-                  "weights": f"data/weights/{name}.pt" if weights_dir is not None else None,
-                  "torch_threads": torch.get_num_threads(),
-                  "log": [{"step": e["step"], "beta": e["beta"], "free_energy": e["free_energy"][r]}
-                          for e in run.log],
-                  "valid_log": [{"step": e["step"], "free_energy": e["free_energy"][r]} for e in run.valid_log]}
-        if out_dir is not None:
-            save_result(name, config=config, metrics=metrics, device=device, command=command,
-                        wall_time_s=run.train_seconds + metrics["eval_seconds"], directory=out_dir)
-        out[name] = metrics
-    return out

@@ -1,6 +1,8 @@
 """Shared fixtures of the test suite."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -13,3 +15,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def refused(capsys):
+    """``refused(main, argv)``: run a command's ``main`` and check that it refuses its options the way
+    argparse refuses bad usage (exit status 2) with one line on stderr, which it returns."""
+    def run(main: Callable[[list[str]], int], argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, f"one line, got {err!r}"
+        return err
+    return run

@@ -13,22 +13,14 @@ import pytest
 import torch
 
 from flowbook import __main__ as cli
-from flowbook.train import FAST, checkpoint_path
+from flowbook.checkpoints import checkpoint_path
+from flowbook.train import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _dirs(tmp_path: Path) -> list[str]:
     return ["--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]
-
-
-def _refused(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, f"one line, got {err!r}"
-    return err
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
@@ -58,8 +50,8 @@ def _refused(argv: list[str], capsys) -> str:
     (["--label", "../escape"], "--label may hold only"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
 ])
-def test_an_out_of_range_option_is_refused_with_one_line(tmp_path, capsys, command, options, names) -> None:
-    err = _refused([command, *options, *_dirs(tmp_path)], capsys)
+def test_an_out_of_range_option_is_refused_with_one_line(tmp_path, refused, command, options, names) -> None:
+    err = refused(cli.main, [command, *options, *_dirs(tmp_path)])
     assert names in err
 
 
@@ -69,24 +61,24 @@ def test_an_out_of_range_option_is_refused_with_one_line(tmp_path, capsys, comma
     (["--max-minutes", "0"], "--max-minutes must be a finite number > 0"),
     (["--max-minutes", "inf"], "--max-minutes must be a finite number > 0"),
 ])
-def test_train_only_options_are_checked(tmp_path, capsys, options, names) -> None:
-    assert names in _refused(["train", *options, *_dirs(tmp_path)], capsys)
+def test_train_only_options_are_checked(tmp_path, refused, options, names) -> None:
+    assert names in refused(cli.main, ["train", *options, *_dirs(tmp_path)])
 
 
-def test_cuda_without_cuda_is_refused(tmp_path, capsys, monkeypatch) -> None:
+def test_cuda_without_cuda_is_refused(tmp_path, refused, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    err = _refused(["train", "--device", "cuda", *_dirs(tmp_path)], capsys)
+    err = refused(cli.main, ["train", "--device", "cuda", *_dirs(tmp_path)])
     assert "--device cuda: CUDA is not available here" in err
 
 
-def test_an_unwritable_directory_is_refused_before_training(tmp_path, capsys) -> None:
+def test_an_unwritable_directory_is_refused_before_training(tmp_path, refused) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    err = _refused(["train", "--ckpt-dir", str(blocker / "ckpt"), "--out", str(tmp_path / "out")], capsys)
+    err = refused(cli.main, ["train", "--ckpt-dir", str(blocker / "ckpt"), "--out", str(tmp_path / "out")])
     assert "--ckpt-dir" in err and str(blocker / "ckpt") in err
-    err = _refused(["eval", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(blocker / "out")], capsys)
+    err = refused(cli.main, ["eval", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(blocker / "out")])
     assert "--out" in err and str(blocker / "out") in err
-    err = _refused(["train", *_dirs(tmp_path), "--weights-dir", str(blocker / "w")], capsys)
+    err = refused(cli.main, ["train", *_dirs(tmp_path), "--weights-dir", str(blocker / "w")])
     assert "--weights-dir" in err
 
 

@@ -15,8 +15,9 @@ import torch
 
 from flowbook.models import DLGM, DLGMConfig
 from flowbook import train as train_module
-from flowbook.train import (FAST, CheckpointError, TrainConfig, checkpoint_path, evaluate, finish, parse_rows,
-                            train)
+from flowbook.checkpoints import CheckpointError, checkpoint_path
+from flowbook.runner import finish
+from flowbook.train import FAST, TrainConfig, evaluate, parse_rows, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dataclasses.replace(FAST, hidden=16, updates=60, batch_size=20, beta_warmup=30, eval_points=40,
@@ -112,19 +113,11 @@ def test_finish_writes_one_result_per_row_with_provenance(tmp_path):
     assert rec["config"]["binarization"].startswith(("sampled-seed-", "larochelle-murray"))
     assert rec["config"]["model"]["K"] == 2 and rec["config"]["train"]["updates"] == 5
     assert rec["metrics"]["points"] == 40
-    # the implementation that actually ran, not only the name of the dispatching function
-    from flowbook import native
+    # the implementation that actually ran (the compiled kernel, or the PyTorch loop and why)
+    from flowbook import flows
 
-    assert rec["config"]["planar_kernel"] == native.status("planar_chain", "float32")
-
-
-def test_the_result_records_the_pytorch_fallback_when_no_kernel_can_be_built(tmp_path, monkeypatch):
-    from flowbook import models, native
-
-    monkeypatch.setattr(native, "status", lambda name="planar_chain", dtype="float32":
-                        f"{name} ({dtype}): PyTorch fallback, because no C compiler")
-    assert "PyTorch fallback" in models.planar_kernel("cpu")
-    assert "PyTorch loop on cuda" in models.planar_kernel("cuda")
+    assert rec["config"]["planar_impl"] == flows.planar_impl("cpu", "float32")
+    assert "planar_kernel" not in rec["config"]
 
 
 def _damage(path: Path, how: str) -> None:

@@ -1,0 +1,131 @@
+"""Tests of the dataset-neutral runner (flowbook.runner, flowbook.checkpoints, flowbook.options): the names
+of the long runs' checkpoints and results are pinned, stored results are recognized as their own
+configuration, and the command-line training step resumes and exits as documented (0, 2, 3)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowbook import cifar, runner
+from flowbook.checkpoints import KEYS, CheckpointError, checkpoint_path
+from flowbook.options import OptionError, check_device, check_float, check_int
+from flowbook.train import FAST, FULL, STORED, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "data" / "results"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rows(record: dict) -> tuple[tuple[str, int], ...]:
+    return tuple((flow, K) for flow, K in record["config"]["train"]["rows"])
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("mnist_stored_*.json")), ids=lambda p: p.stem)
+def test_a_stored_table2_result_is_its_presets_configuration(path: Path) -> None:
+    record = json.loads(path.read_text())
+    cfg = dataclasses.replace(STORED, rows=_rows(record))
+    assert runner.config_digest(record["config"]["train"]) == cfg.digest()
+    assert cfg.result_name(*cfg.rows[0]) == path.stem
+    runner.refuse_overwrite(path, cfg, overwrite=False)  # the same configuration: no --overwrite needed
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("cifar10_stored_*.json")), ids=lambda p: p.stem)
+def test_a_stored_table3_result_is_its_presets_configuration(path: Path) -> None:
+    record = json.loads(path.read_text())
+    # the committed Table 3 rows are from a 40 000-update pass of the stored protocol (now 120 000):
+    # every other field is the preset's
+    cfg = dataclasses.replace(cifar.STORED, rows=_rows(record), updates=record["config"]["train"]["updates"])
+    assert runner.config_digest(record["config"]["train"]) == cfg.digest()
+    assert cfg.result_name(*cfg.rows[0]) == path.stem
+    runner.refuse_overwrite(path, cfg, overwrite=False)
+
+
+@pytest.mark.parametrize("cfg, ckpt_dir, name", [
+    (dataclasses.replace(STORED, rows=(("planar", 80),)), "data/checkpoints", "mnist_stored_planar80_1e13cfaad81e.pt"),
+    (dataclasses.replace(STORED, rows=(("planar", 0),)), "data/checkpoints", "mnist_stored_diagonal_5701b5bbef5c.pt"),
+    (dataclasses.replace(STORED, rows=(("nice", 40),)), "data/checkpoints", "mnist_stored_nice40_1664280968a0.pt"),
+    (dataclasses.replace(FAST, rows=(("planar", 0), ("planar", 10))), "ck",
+     "mnist_fast_diagonal-planar10_71fbd4dd8433.pt"),
+    (dataclasses.replace(FULL, rows=(("planar", 80),), label="dry run"), "ck",
+     "mnist_full_dry-run_planar80_0231868de21c.pt"),
+    (dataclasses.replace(cifar.STORED, rows=(("planar", 10),)), "data/checkpoints/cifar10",
+     "mnist_stored_planar10_21ccc64fc61f.pt"),
+    (dataclasses.replace(cifar.STORED, rows=(("planar", 5),)), "data/checkpoints/cifar10",
+     "mnist_stored_planar5_86c4000c5071.pt"),
+    (cifar.FAST, "ck", "mnist_fast_diagonal-planar2-planar5-planar10_df9734461efc.pt"),
+])
+def test_checkpoint_names_of_the_long_runs_are_pinned(cfg: TrainConfig, ckpt_dir: str, name: str) -> None:
+    # unfinished runs resume only from a file of exactly this name (CIFAR-10's keep the mnist_ prefix)
+    assert checkpoint_path(cfg, ckpt_dir) == Path(ckpt_dir) / name
+
+
+def test_result_names_are_pinned() -> None:
+    assert STORED.result_name("planar", 0) == "mnist_stored_diagonal"
+    assert dataclasses.replace(FULL, label="dry run").result_name("nice", 20) == "mnist_full_dry-run_nice_K20"
+    assert cifar.STORED.result_name("planar", 10) == "cifar10_stored_K10"
+    assert dataclasses.replace(cifar.FAST, label="seed0").result_name("planar", 2) == "cifar10_fast_seed0_K2"
+
+
+def _data(n: int = 200) -> torch.Tensor:
+    return (torch.rand(n, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+
+
+def _args(tmp_path: Path, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{"command": "train", "out": str(tmp_path / "out"), "overwrite": False,
+                                 "threads": None, "device": "cpu", "ckpt_dir": str(tmp_path / "ckpt"),
+                                 "max_minutes": None, "restart": False, **changes})
+
+
+def test_the_training_step_stops_with_3_resumes_and_keeps_the_checkpoint_format(tmp_path, capsys) -> None:
+    cfg = dataclasses.replace(FAST, hidden=16, updates=10, batch_size=20)
+    x = _data()
+    assert runner.train_command(cfg, _args(tmp_path), prog="prog", x_train=x, stop_at=4, progress=False) == 3
+    path = checkpoint_path(cfg, tmp_path / "ckpt")
+    assert f"stopped at update 4/10; checkpoint {path}" in capsys.readouterr().out
+    state = torch.load(path, weights_only=False)
+    assert set(state) == {*KEYS, "valid_log", "best"} and state["step"] == 4
+    run = runner.train_command(cfg, _args(tmp_path), prog="prog", x_train=x, progress=False)
+    assert run.finished and run.resumed_from == 4
+
+
+def test_the_training_step_refuses_another_configurations_result_with_2(tmp_path, capsys) -> None:
+    cfg = dataclasses.replace(FAST, hidden=16, updates=10, batch_size=20)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mnist_fast_diagonal.json").write_text(json.dumps({"config": {"train": {"lr": 1.0}}}))
+    assert runner.train_command(cfg, _args(tmp_path), prog="prog", x_train=_data()) == 2
+    assert capsys.readouterr().err.startswith("prog train: error: ")
+    assert runner.train_command(cfg, _args(tmp_path), prog="prog", evaluate=False, x_train=_data(),
+                                progress=False).finished  # --no-eval writes no result: nothing to refuse
+
+
+def test_load_finished_run_names_what_is_missing(tmp_path) -> None:
+    cfg = dataclasses.replace(FAST, hidden=16, updates=10, batch_size=20)
+    with pytest.raises(CheckpointError, match="no checkpoint .*train this configuration first"):
+        runner.load_finished_run(cfg, tmp_path)
+    runner.train_command(cfg, _args(tmp_path, ckpt_dir=str(tmp_path)), prog="p", evaluate=False, x_train=_data(),
+                         stop_at=3, progress=False)
+    with pytest.raises(CheckpointError, match="at update 3/10; finish training first"):
+        runner.load_finished_run(cfg, tmp_path)
+
+
+def test_pick_device(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runner.pick_device("auto") == runner.pick_device(None) == torch.device("cpu")
+    assert runner.pick_device("cuda:1") == torch.device("cuda:1")  # as given: check_device refuses it first
+
+
+def test_option_checks_name_the_option_and_the_range() -> None:
+    with pytest.raises(OptionError, match=r"^--n must be in 1\.\.5 \(why\), got 9$"):
+        check_int("--n", 9, 1, 5, " (why)")
+    with pytest.raises(OptionError, match=r"^--x must be a finite number ≥ 0 and < 1, got nan$"):
+        check_float("--x", float("nan"), 0.0, lo_inclusive=True, hi=1.0, hi_inclusive=False)
+    with pytest.raises(OptionError, match="--device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        check_device("--device", "gpu")
+    check_int("--n", None, 1)  # not given
+    check_device("--device", "cpu")
