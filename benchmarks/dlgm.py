@@ -26,8 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from flowbook import flows, native
-from flowbook.models import DLGM, PLANAR_IMPL, DLGMConfig, MultiDLGM
+from flowbook import flows
+from flowbook.kernels import native
+from flowbook.models import DLGM, DLGMConfig, MultiDLGM
 from flowbook.results import save_result
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     Ks = [int(k) for k in args.Ks.split(",")]
     t0 = time.perf_counter()
     rows = []
-    print(f"torch {torch.__version__}, {args.threads} threads; flowbook's planar chain: {PLANAR_IMPL}; "
+    print(f"torch {torch.__version__}, {args.threads} threads; flowbook's planar chain: {flows.planar_impl()}; "
           f"{native.status('planar_chain', 'float32')}")
     print(f"{'K':>3} {'baseline ms':>12} {'reference ms':>13} {'flowbook ms':>12} {'baseline/flowbook':>18}")
     for K in Ks:
@@ -126,7 +127,8 @@ def main() -> None:
         path = save_result("bench_dlgm", config={"threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                                                  "load_avg_1min": round(os.getloadavg()[0], 1),
                                                  "batch": 100, "latent": 40, "maxout_units": "pre_activations",
-                                                 "hidden": 400, "optimizer": "RMSprop", "planar_impl": PLANAR_IMPL,
+                                                 "hidden": 400, "optimizer": "RMSprop",
+                                                 "planar_impl": flows.planar_impl(),
                                                  "kernel": native.status("planar_chain", "float32")},
                            metrics={"per_K": rows, "batched_rows": batched},
                            wall_time_s=time.perf_counter() - t0, device="cpu")

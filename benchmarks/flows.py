@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowbook import flows, native
-from flowbook.fused import planar_chain
+from flowbook import flows
+from flowbook.kernels import native
+from flowbook.kernels.fused import planar_chain
 from flowbook.results import save_result
 
 
@@ -151,8 +152,8 @@ def compare(steps: dict[str, Callable[[], None]], rounds: int, per_round: int,
 def case_planar(batch: int = 1024, dim: int = 2, K: int = 32) -> dict[str, Callable[[], None]]:
     z = torch.randn(batch, dim)
     base = Chain([PlanarLayer(dim) for _ in range(K)])
-    ref = flows.Planar(dim, K, fused=False)
-    fused = flows.Planar(dim, K, fused=True)
+    ref = flows.Planar(dim, K, impl="autograd")
+    fused = flows.Planar(dim, K, impl="auto")
     fused.load_state_dict(ref.state_dict())
     return {"baseline": make_step(lambda: base(z), list(base.parameters())),
             "flowbook reference": make_step(lambda: ref(z), list(ref.parameters())),

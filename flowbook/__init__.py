@@ -1,12 +1,13 @@
 """flowbook: variational inference with normalizing flows (Rezende & Mohamed, ICML 2015).
 
 Modules:
-    flows         planar, radial and NICE (additive coupling) flows, module and amortized forms (§4)
-    fused         the planar chain with a hand-written backward, for speed (same result as flows.planar)
-    native        C kernels for the amortized planar chain, compiled on first use (csrc/), loaded by ctypes
+    flows         planar, radial and NICE (additive coupling) flows: functions, one spec per type, modules (§4)
+    kernels       the fast planar chain (hand-written backward; C kernels compiled on first use), via flows
+    flowmath      input checks and planar formulas shared by flows and kernels
+    gaussian      the diagonal-Gaussian log-density of q0
     energies      the 2-D test potentials U1-U4 of Table 1, their confinement and normalizers (§6.1)
     objectives    the annealed flow free energy (eq. 15) and the importance-sampled ln p(x)
-    experiments2d batched 2-D fits for Table 1 / Figure 3 (python -m flowbook.experiments2d)
+    experiments2d batched 2-D fits for Table 1 / Figure 3: model, training, cli (python -m flowbook.experiments2d)
     data          MNIST, binarized MNIST, CIFAR-10 patches; the data root FLOWBOOK_DATA
     models        the DLGM with amortized flows (§4.2, §6.2), Bernoulli and logit-normal likelihoods
     train         resumable training, evaluation (bound, IS ln p(x)), results (python -m flowbook train)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from flowbook.flows import DiagonalGaussian
+from flowbook.gaussian import diagonal_normal_log_prob
 
 __all__ = [
     "potential_grad", "euler_maruyama_step", "langevin", "ornstein_uhlenbeck_moments",
@@ -330,16 +331,11 @@ class HamiltonianFlow(nn.Module):
         """The leapfrog step sizes ε, shape (L, D), each in (0, max_step)."""
         return self.max_step * torch.sigmoid(self.step_raw)
 
-    @staticmethod
-    def _normal_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-        return (-0.5 * ((x - mean) * torch.exp(-log_std)).square() - log_std
-                - 0.5 * math.log(2.0 * math.pi)).sum(-1)
-
     def reverse_log_prob(self, rho: Tensor, z: Tensor) -> Tensor:
         """ln r(ρ | z) for the reverse model."""
         out = self.reverse(z) if self.reverse is not None else self.reverse_params.expand(z.shape[0], -1)
         mean, log_std = out.chunk(2, dim=-1)
-        return self._normal_log_prob(rho, mean, log_std)
+        return diagonal_normal_log_prob(rho, mean, log_std)
 
     def forward(self, n: int, generator: torch.Generator | None = None, beta: float = 1.0) -> HamiltonianSample:
         """Draw n reparameterized samples and their log-weights (differentiable in every parameter).
@@ -350,7 +346,7 @@ class HamiltonianFlow(nn.Module):
         z0, log_q0 = self.q0.sample(n, generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=z0.dtype, device=z0.device)
         rho0 = torch.exp(self.momentum_log_std) * eps
-        log_q_rho = self._normal_log_prob(rho0, torch.zeros_like(rho0), self.momentum_log_std)
+        log_q_rho = diagonal_normal_log_prob(rho0, torch.zeros_like(rho0), self.momentum_log_std)
         z, rho = leapfrog(self.U, z0, rho0, self.step_sizes(), create_graph=True)
         log_weight = -beta * self.U(z) + self.reverse_log_prob(rho, z) - log_q0 - log_q_rho
         return HamiltonianSample(z0=z0, rho0=rho0, z=z, rho=rho, log_weight=log_weight)

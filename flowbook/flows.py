@@ -8,8 +8,19 @@ Each transform is written once, as a plain function that takes its parameters ex
 
 The functions accept shared parameters (shape ``(K, ...)``, one set for the whole batch) or
 per-example parameters (shape ``(batch, K, ...)``), which is the *amortized* form of §4.2 where an
-encoder emits the flow's parameters for each data point. The :class:`Planar`, :class:`Radial` and
-:class:`AdditiveCoupling` modules hold stacked raw parameters and call the same functions.
+encoder emits the flow's parameters for each data point.
+
+Each flow type also has one *spec* (:class:`PlanarSpec`, :class:`RadialSpec`, :class:`NiceSpec`, all
+in :data:`SPECS`): its parameter shapes for a dimension D and K layers, how an amortized head's flat
+output is split into those parameters, an identity initialization, and the forward and inverse maps,
+which call the functions above. Like a lazy transform, a spec holds sizes, not parameter values. The
+:class:`Planar`, :class:`Radial` and :class:`AdditiveCoupling` modules, the DLGM of
+:mod:`flowbook.models` and the 2-D fits of :mod:`flowbook.experiments2d` all go through the specs, so
+a new flow type is one new spec.
+
+The planar chain has faster implementations than the reference :func:`planar` (a hand-written
+backward, and C kernels; :mod:`flowbook.kernels`), all reached through :func:`planar_chain`;
+:func:`planar_impl` names the one that runs.
 
 Every flow returns ``(z_new, log_det)`` where ``log_det`` has shape ``(batch,)`` and is the sum over
 layers of ln|det ∂f_k/∂z_{k−1}|, so that ln q_K(z_K) = ln q_0(z_0) − log_det (eq. 7).
@@ -19,64 +30,27 @@ enforced inside the functions (:func:`planar_constrain`, :func:`radial_constrain
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowbook.flowmath import check_param, check_planar, check_z, identity, num_layers, planar_log_det, planar_scale
+from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
+from flowbook.kernels import fused, native
+
 __all__ = [
-    "planar_constrain", "planar", "planar_inverse",
+    "planar_constrain", "planar", "planar_inverse", "PLANAR_IMPLS", "planar_chain", "planar_impl",
     "radial_constrain", "radial", "radial_inverse",
-    "random_mixing", "additive_coupling", "additive_coupling_inverse",
+    "random_mixing", "coupling_shift", "additive_coupling", "additive_coupling_inverse",
+    "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "spec_for",
     "Flow", "Planar", "Radial", "AdditiveCoupling", "Compose", "DiagonalGaussian",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# input checks: every public entry point says what was wrong and what to do
-# ----------------------------------------------------------------------------------------------
-def _check_z(z: Tensor, dim: int | None, where: str) -> None:
-    if not isinstance(z, Tensor):
-        raise TypeError(f"{where}: z must be a torch.Tensor of shape (batch, dim), got {type(z).__name__}")
-    if not z.is_floating_point():
-        raise TypeError(f"{where}: z has dtype {z.dtype}; flows need floating point, e.g. z.float() or z.double()")
-    if z.dim() != 2:
-        raise ValueError(f"{where}: z must have shape (batch, dim), got {tuple(z.shape)}; "
-                         "reshape it, e.g. z.reshape(-1, dim)")
-    if dim is not None and z.shape[-1] != dim:
-        raise ValueError(f"{where}: z has {z.shape[-1]} features but the flow has dim={dim}")
-
-
-def _check_param(z: Tensor, p: Tensor, name: str, trailing: tuple[int, ...], where: str) -> None:
-    """``p`` must be (K, *trailing) or (batch, K, *trailing), on z's device and dtype."""
-    if not isinstance(p, Tensor):
-        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(p).__name__}")
-    if p.dtype != z.dtype:
-        raise TypeError(f"{where}: {name} has dtype {p.dtype} but z has {z.dtype}; cast one of them "
-                        f"(e.g. z.to({p.dtype}) or module.to({z.dtype}))")
-    if p.device != z.device:
-        raise ValueError(f"{where}: {name} is on {p.device} but z is on {z.device}; move them to one device "
-                         f"(e.g. z.to('{p.device}') or module.to('{z.device}'))")
-    nt = len(trailing)
-    shape_ok = p.dim() in (1 + nt, 2 + nt) and tuple(p.shape[p.dim() - nt:]) == trailing
-    if shape_ok and p.dim() == 2 + nt and p.shape[0] != z.shape[0]:
-        shape_ok = False
-    if not shape_ok:
-        want = ", ".join(str(t) for t in trailing)
-        sep = ", " if want else ""
-        raise ValueError(f"{where}: {name} must have shape (K{sep}{want}) or (batch={z.shape[0]}, K{sep}{want}), "
-                         f"got {tuple(p.shape)}")
-
-
-def _num_layers(p: Tensor, trailing: int) -> int:
-    return p.shape[p.dim() - trailing - 1]
-
-
-def _identity(z: Tensor) -> tuple[Tensor, Tensor]:
-    """K = 0 layers: the identity map, whose log-det is 0 for every example (shape (batch,), as for K ≥ 1)."""
-    return z, z.new_zeros(z.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,44 +65,9 @@ def planar_constrain(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     rounding of 0) the correction is skipped: û = u and 1 + wᵀû = 1 + wᵀu, and the layer is then a
     translation.
     """
-    scale, one_plus_wu_hat = _planar_scale(torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w))
+    scale, one_plus_wu_hat = planar_scale(torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w))
     u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
     return u_hat, one_plus_wu_hat
-
-
-def _planar_scale(wu: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
-    """From wᵀu and ‖w‖², the scalar s of û = u + s·w and 1 + wᵀû (see :func:`planar_constrain`)."""
-    # ‖w‖² below √(smallest normal) counts as w = 0: the correction's gradient grows as 1/‖w‖², which
-    # would overflow there, while the correction itself (≈ ‖u‖·‖w‖ < 10⁻¹⁹·‖u‖) is below rounding.
-    nonzero = w2 > math.sqrt(torch.finfo(w2.dtype).tiny)
-    # where() on the denominator (not on the quotient) keeps the gradient finite at w = 0.
-    w2_safe = torch.where(nonzero, w2, torch.ones_like(w2))
-    softplus = F.softplus(wu)
-    scale = torch.where(nonzero, (softplus - 1.0 - wu) / w2_safe, torch.zeros_like(wu))
-    return scale, torch.where(nonzero, softplus, 1.0 + wu)
-
-
-def _check_planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor, where: str) -> None:
-    _check_z(z, None, where)
-    D = z.shape[-1]
-    _check_param(z, u, "u", (D,), where)
-    _check_param(z, w, "w", (D,), where)
-    _check_param(z, b, "b", (), where)
-    if not (_num_layers(u, 1) == _num_layers(w, 1) == _num_layers(b, 0)):
-        raise ValueError(f"{where}: u, w and b disagree on the number of layers K: "
-                         f"{tuple(u.shape)}, {tuple(w.shape)}, {tuple(b.shape)}")
-
-
-def _planar_log_det(a: Tensor, one_plus_wu_hat: Tensor) -> Tensor:
-    """ln(1 + h′(a)·wᵀû) for h = tanh, summed over the layer axis (the last one).
-
-    Written as ln(tanh²a + sech²a·(1 + wᵀû)): both terms are ≥ 0, so nothing cancels even when
-    wᵀû is within rounding of −1. The floor at the smallest normal number only matters where the
-    map is singular in floating point (tanh a = 0 and softplus(wᵀu) underflows).
-    """
-    t2 = torch.tanh(a).square()
-    det = t2 + (1.0 - t2) * one_plus_wu_hat
-    return torch.log(det.clamp_min(torch.finfo(det.dtype).tiny)).sum(-1)
 
 
 def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,9 +81,9 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         (z_K, log_det) with log_det = Σ_k ln|1 + u_kᵀψ_k(z_{k−1})| of shape (batch,) (eq. 12),
         computed in O(D) per layer by the matrix determinant lemma. K = 0 is the identity (log_det 0).
     """
-    _check_planar(z, u, w, b, "planar")
-    if _num_layers(b, 0) == 0:
-        return _identity(z)
+    check_planar(z, u, w, b, "planar")
+    if num_layers(b, 0) == 0:
+        return identity(z)
     u_hat, one_plus_wu_hat = planar_constrain(u, w)
     pre_activations = []
     # unbind (not w[:, k]) so the backward pass does not materialize a full-size gradient per layer
@@ -153,7 +92,7 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         z = z + u_k * torch.tanh(a).unsqueeze(-1)
         pre_activations.append(a)
     a = torch.stack(pre_activations, -1)  # (batch, K)
-    return z, _planar_log_det(a, one_plus_wu_hat)
+    return z, planar_log_det(a, one_plus_wu_hat)
 
 
 def _solve_planar_preactivation(target: Tensor, c: Tensor, iters: int) -> Tensor:
@@ -179,9 +118,9 @@ def planar_inverse(y: Tensor, u: Tensor, w: Tensor, b: Tensor, iters: int = 100)
     Each layer is inverted along w: with a = wᵀz + b, the equation wᵀy + b = a + (wᵀû)·tanh(a) is a
     monotone scalar equation (Appendix A), solved by bisection; then z = y − û·tanh(a).
     """
-    _check_planar(y, u, w, b, "planar_inverse")
-    if _num_layers(b, 0) == 0:
-        return _identity(y)
+    check_planar(y, u, w, b, "planar_inverse")
+    if num_layers(b, 0) == 0:
+        return identity(y)
     u_hat, one_plus_wu_hat = planar_constrain(u, w)
     c = one_plus_wu_hat - 1.0  # wᵀû per layer
     z = y
@@ -191,17 +130,76 @@ def planar_inverse(y: Tensor, u: Tensor, w: Tensor, b: Tensor, iters: int = 100)
         z = z - u_k * torch.tanh(a).unsqueeze(-1)
         pre_activations.append(a)
     a = torch.stack(pre_activations[::-1], -1)
-    return z, -_planar_log_det(a, one_plus_wu_hat)
+    return z, -planar_log_det(a, one_plus_wu_hat)
+
+
+#: the implementations of a planar chain that :func:`planar_chain` can run
+PLANAR_IMPLS = ("auto", "autograd", "fused", "native")
+
+
+def _check_impl(impl: str, where: str) -> None:
+    if impl not in PLANAR_IMPLS:
+        raise ValueError(f"{where}: impl must be one of {PLANAR_IMPLS}, got {impl!r}")
+
+
+def planar_chain(z: Tensor, u: Tensor, w: Tensor, b: Tensor, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """K planar layers (eq. 10–12), the map of :func:`planar`, by the implementation ``impl``.
+
+    Args:
+        z, u, w, b: as for :func:`planar` (shared or per-example raw parameters).
+        impl: ``"autograd"``: :func:`planar` itself (autograd records every operation; the only one
+            with double backward); ``"fused"``: :func:`flowbook.kernels.fused.planar_chain`'s PyTorch
+            loop with a hand-written backward (several times faster, any device); ``"native"``: its C
+            kernel (per-example parameters on a CPU; raises where it cannot run, saying why);
+            ``"auto"``: the C kernel where it can run, else the PyTorch loop (:func:`planar_impl`
+            names the choice).
+    Returns:
+        (z_K, log_det) with log_det of shape (batch,); every ``impl`` gives the same numbers up to
+        rounding. K = 0 is the identity (log_det 0).
+    """
+    _check_impl(impl, "planar_chain")
+    if impl == "autograd":
+        return planar(z, u, w, b)
+    check_planar(z, u, w, b, "planar_chain")
+    if num_layers(b, 0) == 0:
+        return identity(z)
+    return fused.planar_chain(z, u, w, b, compiled={"auto": None, "fused": False, "native": True}[impl])
+
+
+def planar_impl(device: torch.device | str = "cpu", dtype: torch.dtype | str = "float32", impl: str = "auto",
+                per_example: bool = True) -> str:
+    """One line naming what :func:`planar_chain` runs for ``impl`` on ``device`` and ``dtype``, with
+    per-example (amortized) or shared parameters: the function, and for the C kernel its library file,
+    or why the kernel is not used. Results record it (the model's flows call ``impl="auto"``)."""
+    _check_impl(impl, "planar_impl")
+    if impl == "autograd":
+        return "flowbook.flows.planar (autograd reference)"
+    loop = "flowbook.kernels.fused.planar_chain (PyTorch loop, hand-written backward)"
+    if impl == "fused":
+        return loop
+    name = str(dtype).removeprefix("torch.")
+    kind = torch.device(device).type
+    if kind != "cpu" or not per_example or name not in native.REALS:
+        why = ("the compiled kernel takes per-example float32/float64 parameters on a CPU (here: "
+               f"{'per-example' if per_example else 'shared'} {name} on {kind})")
+    elif native.load("planar_chain", name) is None:
+        why = native.status("planar_chain", name).split(", because ", 1)[1]
+    else:
+        lib = native.load("planar_chain", name)
+        return f"flowbook.kernels.native planar_chain ({name}): compiled kernel {lib._name}"
+    if impl == "native":
+        return f"none: planar_chain(impl='native') raises, because {why}"
+    return f"{loop}, because {why}"
 
 
 # ----------------------------------------------------------------------------------------------
 # radial flow (eq. 14, Appendix A)
 # ----------------------------------------------------------------------------------------------
 def _check_radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor, where: str) -> None:
-    _check_z(z, None, where)
-    _check_param(z, z0, "z0", (z.shape[-1],), where)
-    _check_param(z, alpha, "alpha", (), where)
-    _check_param(z, beta, "beta", (), where)
+    check_z(z, None, where)
+    check_param(z, z0, "z0", (z.shape[-1],), where)
+    check_param(z, alpha, "alpha", (), where)
+    check_param(z, beta, "beta", (), where)
 
 
 RADIAL_FLOOR = 1e-6  # lower bound on α and on α + β
@@ -243,8 +241,8 @@ def radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, 
         (z_K, log_det) with log_det of shape (batch,). K = 0 is the identity (log_det 0).
     """
     _check_radial(z, z0, alpha, beta, "radial")
-    if _num_layers(alpha, 0) == 0:
-        return _identity(z)
+    if num_layers(alpha, 0) == 0:
+        return identity(z)
     a, bt, a_plus_b = radial_constrain(alpha, beta)
     radii = []
     for z0_k, a_k, b_k in zip(z0.unbind(-2), a.unbind(-1), bt.unbind(-1)):
@@ -264,8 +262,8 @@ def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[
     r² + (α + β − ρ)r − αρ = 0; then z = z0 + (y − z0)·(α + r)/(α + β + r).
     """
     _check_radial(y, z0, alpha, beta, "radial_inverse")
-    if _num_layers(alpha, 0) == 0:
-        return _identity(y)
+    if num_layers(alpha, 0) == 0:
+        return identity(y)
     a, _, a_plus_b = radial_constrain(alpha, beta)
     z = y
     radii = []
@@ -303,38 +301,44 @@ def random_mixing(dim: int, K: int, kind: str = "orth", generator: torch.Generat
 
 
 def _mix(z: Tensor, m: Tensor, inverse: bool = False) -> Tensor:
-    if m.is_floating_point():  # orthogonal: z ↦ Qz (rows of z), inverse Qᵀ
-        return z @ m if inverse else z @ m.transpose(-1, -2)
-    if inverse:
-        return z[..., torch.argsort(m)]
-    return z[..., m]
+    if not m.is_floating_point():  # a permutation: z ↦ z[m], inverse z[argsort(m)]
+        return z[..., torch.argsort(m)] if inverse else z[..., m]
+    if m.dim() == 3:  # one matrix per example: (batch, D, D)
+        return torch.linalg.vecdot(m.mT if inverse else m, z.unsqueeze(-2))
+    return z @ m if inverse else z @ m.transpose(-1, -2)  # orthogonal: z ↦ Qz (rows of z), inverse Qᵀ
 
 
-def _coupling_shift(z1: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """The coupling function m(z1) = W2·relu(W1·z1 + b1) + b2 for one layer (biases may be per example)."""
-    return F.linear(torch.relu(F.linear(z1, w1) + b1), w2) + b2
+def coupling_shift(z1: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """The coupling function m(z1) = W2·relu(W1·z1 + b1) + b2 of one layer.
+
+    Weights are shared, W1 (H, d) and W2 (D − d, H), or per example, (batch, H, d) and (batch, D − d, H);
+    biases are (H,), (D − d,) or per example with a leading batch axis."""
+    h = F.linear(z1, w1) if w1.dim() == 2 else torch.linalg.vecdot(w1, z1.unsqueeze(-2))
+    h = torch.relu(h + b1)
+    return (F.linear(h, w2) if w2.dim() == 2 else torch.linalg.vecdot(w2, h.unsqueeze(-2))) + b2
 
 
 def _check_coupling(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, mixing: Tensor, where: str) -> int:
-    _check_z(z, None, where)
+    check_z(z, None, where)
     D = z.shape[-1]
     if D < 2:
         raise ValueError(f"{where}: a coupling needs dim ≥ 2 to split z in two, got {D}")
     d = D // 2
-    if not isinstance(w1, Tensor) or w1.dim() != 3 or w1.shape[-1] != d:
-        raise ValueError(f"{where}: w1 must have shape (K, hidden, {d}), got {tuple(w1.shape)}")
-    K, H = w1.shape[0], w1.shape[1]
-    if tuple(w2.shape) != (K, D - d, H):
-        raise ValueError(f"{where}: w2 must have shape ({K}, {D - d}, {H}), got {tuple(w2.shape)}")
+    if not isinstance(w1, Tensor) or w1.dim() not in (3, 4) or w1.shape[-1] != d:
+        raise ValueError(f"{where}: w1 must have shape (K, hidden, {d}) or (batch, K, hidden, {d}), "
+                         f"got {tuple(getattr(w1, 'shape', ()))}")
+    K, H = w1.shape[-3], w1.shape[-2]
     for name, p, tail in (("w1", w1, (H, d)), ("b1", b1, (H,)), ("w2", w2, (D - d, H)), ("b2", b2, (D - d,))):
-        _check_param(z, p, name, tail, where)
+        check_param(z, p, name, tail, where)
+        if num_layers(p, len(tail)) != K:
+            raise ValueError(f"{where}: {name} has {num_layers(p, len(tail))} layers but w1 has K={K}")
     if mixing.is_floating_point():
-        ok = tuple(mixing.shape) == (K, D, D)
+        ok = tuple(mixing.shape) in ((K, D, D), (z.shape[0], K, D, D))
     else:
         ok = tuple(mixing.shape) == (K, D)
     if not ok:
-        raise ValueError(f"{where}: mixing must be (K={K}, {D}, {D}) orthogonal matrices or (K={K}, {D}) "
-                         f"permutations, got {tuple(mixing.shape)}")
+        raise ValueError(f"{where}: mixing must be (K={K}, {D}, {D}) orthogonal matrices, (K={K}, {D}) "
+                         f"permutations or (batch={z.shape[0]}, K={K}, {D}, {D}) matrices, got {tuple(mixing.shape)}")
     if mixing.device != z.device:
         raise ValueError(f"{where}: mixing is on {mixing.device} but z is on {z.device}")
     if mixing.is_floating_point() and mixing.dtype != z.dtype:
@@ -343,24 +347,33 @@ def _check_coupling(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, m
     return d
 
 
+def _coupling_layers(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, mixing: Tensor) -> list[tuple[Tensor, ...]]:
+    """Per-layer slices (w1_k, b1_k, w2_k, b2_k, mixing_k), each parameter shared or per example."""
+    per_example_mixing = mixing.dim() == 4
+    return list(zip(w1.unbind(-3), b1.unbind(-2), w2.unbind(-3), b2.unbind(-2),
+                    mixing.unbind(1 if per_example_mixing else 0)))
+
+
 def additive_coupling(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                       mixing: Tensor) -> tuple[Tensor, Tensor]:
     """K NICE layers: z ← mix_k(z), then z = (z1, z2) ↦ (z1, z2 + m_k(z1)) (Dinh et al., 2015).
 
     Args:
         z: (batch, D); the split is z1 = z[:, :D//2], z2 = z[:, D//2:].
-        w1: (K, H, D//2), w2: (K, D − D//2, H): shared weights of the coupling MLPs.
+        w1: (K, H, D//2), w2: (K, D − D//2, H): the weights of the coupling MLPs (:func:`coupling_shift`),
+            shared, or per example with a leading batch axis.
         b1: (K, H) or (batch, K, H); b2: (K, D − D//2) or (batch, K, D − D//2). Per-example biases are
             the amortized form: the encoder shifts each coupling function for its data point.
-        mixing: (K, D, D) orthogonal matrices ("NICE-orth") or (K, D) permutations ("NICE-perm").
+        mixing: (K, D, D) orthogonal matrices ("NICE-orth"), (K, D) permutations ("NICE-perm"), or
+            (batch, K, D, D) matrices of either kind per example.
     Returns:
         (z_K, log_det) with log_det = 0, since every step is volume-preserving.
     """
     d = _check_coupling(z, w1, b1, w2, b2, mixing, "additive_coupling")
-    for w1_k, b1_k, w2_k, b2_k, m_k in zip(w1, b1.unbind(-2), w2, b2.unbind(-2), mixing):
+    for w1_k, b1_k, w2_k, b2_k, m_k in _coupling_layers(w1, b1, w2, b2, mixing):
         z = _mix(z, m_k)
         z1, z2 = z[:, :d], z[:, d:]
-        z = torch.cat([z1, z2 + _coupling_shift(z1, w1_k, b1_k, w2_k, b2_k)], -1)
+        z = torch.cat([z1, z2 + coupling_shift(z1, w1_k, b1_k, w2_k, b2_k)], -1)
     return z, z.new_zeros(z.shape[0])
 
 
@@ -368,27 +381,264 @@ def additive_coupling_inverse(y: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2:
                               mixing: Tensor) -> tuple[Tensor, Tensor]:
     """Exact inverse of :func:`additive_coupling` (subtract the shift, then undo the mixing)."""
     d = _check_coupling(y, w1, b1, w2, b2, mixing, "additive_coupling_inverse")
-    layers = list(zip(w1, b1.unbind(-2), w2, b2.unbind(-2), mixing))
-    for w1_k, b1_k, w2_k, b2_k, m_k in reversed(layers):
+    for w1_k, b1_k, w2_k, b2_k, m_k in reversed(_coupling_layers(w1, b1, w2, b2, mixing)):
         y1, y2 = y[:, :d], y[:, d:]
-        y = _mix(torch.cat([y1, y2 - _coupling_shift(y1, w1_k, b1_k, w2_k, b2_k)], -1), m_k, inverse=True)
+        y = _mix(torch.cat([y1, y2 - coupling_shift(y1, w1_k, b1_k, w2_k, b2_k)], -1), m_k, inverse=True)
     return y, y.new_zeros(y.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------
-# modules: stacked raw parameters, calling the functions above
+# specs: one per flow type, used by the modules below, the DLGM's heads and the 2-D fits
 # ----------------------------------------------------------------------------------------------
-class Flow(nn.Module):
-    """A flow z ↦ f(z) with ``forward(z) -> (z_new, log_det)`` and ``inverse(y) -> (z, log_det)``."""
+@dataclass(frozen=True)
+class FlowSpec:
+    """A flow type with its sizes, ``dim`` = D and ``K`` layers; parameter values are passed in.
+
+    Subclasses name their parameters in ``names`` (the order of the transform's arguments), say which
+    of them an encoder emits per data point in ``amortized`` (§4.2) and which are fixed buffers in
+    ``buffers``, and give their shapes, an identity initialization and the forward and inverse maps.
+    Every parameter may be shared, with the shape of :meth:`shapes`, or per example, with a leading
+    batch axis.
+    """
 
     dim: int
+    K: int
 
-    def _param_like(self) -> Tensor:
-        return next(self.parameters())
+    name: ClassVar[str]
+    names: ClassVar[tuple[str, ...]]
+    amortized: ClassVar[tuple[str, ...]]
+    buffers: ClassVar[tuple[str, ...]] = ()
+    min_dim: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.dim < self.min_dim or self.K < 0:
+            raise ValueError(f"{type(self).__name__} needs dim ≥ {self.min_dim} and K ≥ 0, "
+                             f"got dim={self.dim}, K={self.K}")
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each shared parameter, (K, …), by name (a per-example one adds a batch axis)."""
+        raise NotImplementedError
+
+    def head_size(self) -> int:
+        """Outputs per data point of an amortized head: the sizes of the ``amortized`` parameters."""
+        shapes = self.shapes()
+        return sum(math.prod(shapes[n]) for n in self.amortized)
+
+    def split(self, raw: Tensor) -> dict[str, Tensor]:
+        """Cut a head's output (batch, :meth:`head_size`) into the per-example amortized parameters."""
+        if raw.dim() != 2 or raw.shape[-1] != self.head_size():
+            raise ValueError(f"{type(self).__name__}.split: the head output must be (batch, {self.head_size()}), "
+                             f"got {tuple(raw.shape)}")
+        shapes = self.shapes()
+        parts = raw.split([math.prod(shapes[n]) for n in self.amortized], -1)
+        return {n: p.view(raw.shape[0], *shapes[n]) for n, p in zip(self.amortized, parts)}
+
+    def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                 ) -> dict[str, Tensor]:
+        """Trainable parameters, shape ``batch + shapes()[name]``, at which the flow is the identity map
+        (random where the identity leaves a direction free, so that gradients are not all zero)."""
+        raise NotImplementedError
+
+    def flatten_amortized(self, params: Mapping[str, Tensor]) -> Tensor:
+        """The inverse of :meth:`split` for shared parameters: the ``amortized`` ones as one flat vector,
+        e.g. the bias of a head that emits ``params`` for every x (from :meth:`identity`: the identity)."""
+        return torch.cat([params[n].flatten() for n in self.amortized])
+
+    def draw_buffers(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+                     ) -> dict[str, Tensor]:
+        """The fixed (untrained) tensors named in ``buffers``, drawn from ``generator`` (floating ones in ``dtype``)."""
+        return {}
+
+    def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        """``params`` with layer k replaced by an identity layer where ``keep[..., k]`` is 0 (``keep`` is
+        (K,) or (batch, K) of 0/1), so that flows of different lengths share one K."""
+        raise NotImplementedError
+
+    def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(z_K, Σ_k ln|det ∂f_k/∂z_{k−1}|) for z (batch, D) and ``params`` by name."""
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(z_0, ln|det ∂z_0/∂y|) = the inverse map and minus the forward log-det."""
+        raise NotImplementedError
+
+    def args(self, params: Mapping[str, Tensor]) -> list[Tensor]:
+        """``params`` in the order the transform functions take them."""
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: parameters {missing} are missing; it needs {self.names}")
+        return [params[n] for n in self.names]
+
+
+def _layer_mask(keep: Tensor, p: Tensor, trailing: int) -> Tensor:
+    """``keep`` (K,) or (batch, K) shaped to broadcast against parameter ``p`` with ``trailing`` axes after K."""
+    return keep.reshape(*keep.shape, *([1] * trailing)).to(p.dtype)
+
+
+@dataclass(frozen=True)
+class PlanarSpec(FlowSpec):
+    """Planar layers (eq. 10–12): u, w (K, D) and b (K,), all amortized; run by :func:`planar_chain`
+    with ``impl`` (inverse by bisection with ``inverse_iters`` steps, :func:`planar_inverse`)."""
+
+    impl: str = "auto"
+    inverse_iters: int = 100
+
+    name: ClassVar[str] = "planar"
+    names: ClassVar[tuple[str, ...]] = ("u", "w", "b")
+    amortized: ClassVar[tuple[str, ...]] = ("u", "w", "b")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_impl(self.impl, "PlanarSpec")
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"u": (self.K, self.dim), "w": (self.K, self.dim), "b": (self.K,)}
+
+    def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                 ) -> dict[str, Tensor]:
+        # random hyperplane normals w, so that ∂F/∂u ≠ 0 at the start; and u parallel to w with
+        # wᵀu = ln(e − 1), where the constraint of Appendix A maps u to û = 0: the identity
+        w = torch.randn(*batch, self.K, self.dim, generator=generator) / math.sqrt(self.dim)
+        u = math.log(math.e - 1.0) * w / w.square().sum(-1, keepdim=True)
+        return {"u": u, "w": w, "b": torch.zeros(*batch, self.K)}
+
+    def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        # u = w = b = 0 is an exact identity layer (û = u when w = 0)
+        return {n: params[n] * _layer_mask(keep, params[n], len(s) - 1) for n, s in self.shapes().items()}
+
+    def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return planar_chain(z, *self.args(params), impl=self.impl)
+
+    def inverse(self, y: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return planar_inverse(y, *self.args(params), iters=self.inverse_iters)
+
+
+@dataclass(frozen=True)
+class RadialSpec(FlowSpec):
+    """Radial layers (eq. 14): reference points z0 (K, D) and raw α, β (K,), all amortized."""
+
+    name: ClassVar[str] = "radial"
+    names: ClassVar[tuple[str, ...]] = ("z0", "alpha", "beta")
+    amortized: ClassVar[tuple[str, ...]] = ("z0", "alpha", "beta")
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"z0": (self.K, self.dim), "alpha": (self.K,), "beta": (self.K,)}
+
+    def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                 ) -> dict[str, Tensor]:
+        # reference points spread like a standard normal; raw α = raw β gives β = 0 exactly
+        return {"z0": torch.randn(*batch, self.K, self.dim, generator=generator),
+                "alpha": torch.zeros(*batch, self.K), "beta": torch.zeros(*batch, self.K)}
+
+    def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        # raw β = raw α makes β = 0 (radial_constrain): an exact identity layer
+        return {**params, "beta": torch.where(keep > 0, params["beta"], params["alpha"])}
+
+    def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return radial(z, *self.args(params))
+
+    def inverse(self, y: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return radial_inverse(y, *self.args(params))
+
+
+@dataclass(frozen=True)
+class NiceSpec(FlowSpec):
+    """NICE layers (:func:`additive_coupling`) with ``hidden`` = H units per coupling MLP and a fixed
+    ``mixing`` (``"orth"`` or ``"perm"``, :func:`random_mixing`) before each coupling.
+
+    Amortized are the biases b1 (K, H) and b2 (K, D − d); the weights w1 (K, H, d) and w2 (K, D − d, H)
+    are global, and the mixing a buffer. The paper does not say which NICE parameters are amortized:
+    shifting each coupling's hidden units per data point is the cheapest way to make it depend on x
+    (amortizing the weights would cost K·H·D outputs per data point)."""
+
+    hidden: int = 64
+    mixing: str = "orth"
+
+    name: ClassVar[str] = "nice"
+    names: ClassVar[tuple[str, ...]] = ("w1", "b1", "w2", "b2", "mixing")
+    amortized: ClassVar[tuple[str, ...]] = ("b1", "b2")
+    buffers: ClassVar[tuple[str, ...]] = ("mixing",)
+    min_dim: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden < 1 or self.mixing not in ("orth", "perm"):
+            raise ValueError(f"NiceSpec needs hidden ≥ 1 and mixing 'orth' or 'perm', got hidden={self.hidden}, "
+                             f"mixing={self.mixing!r}")
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        K, H, D, d = self.K, self.hidden, self.dim, self.dim // 2
+        mixing = (K, D, D) if self.mixing == "orth" else (K, D)
+        return {"w1": (K, H, d), "b1": (K, H), "w2": (K, D - d, H), "b2": (K, D - d), "mixing": mixing}
+
+    def draw_mixing(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The fixed mixings, drawn by :func:`random_mixing`."""
+        return random_mixing(self.dim, self.K, self.mixing, generator, dtype)
+
+    def draw_buffers(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+                     ) -> dict[str, Tensor]:
+        return {"mixing": self.draw_mixing(generator, dtype)}
+
+    def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                 ) -> dict[str, Tensor]:
+        # random first layers (scaled by 1/√d), zero last layers: every coupling starts as the identity
+        K, H, D, d = self.K, self.hidden, self.dim, self.dim // 2
+        return {"w1": torch.randn(*batch, K, H, d, generator=generator) / math.sqrt(d),
+                "b1": torch.zeros(*batch, K, H), "w2": torch.zeros(*batch, K, D - d, H),
+                "b2": torch.zeros(*batch, K, D - d)}
+
+    def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        # a zero shift after an identity mixing is an exact identity layer
+        mixing = params["mixing"]
+        if not mixing.is_floating_point():
+            raise ValueError("NiceSpec.mask_layers needs the mixings as matrices, e.g. permutation matrices")
+        eye = torch.eye(self.dim, dtype=mixing.dtype, device=mixing.device)
+        return {**params, "w2": params["w2"] * _layer_mask(keep, params["w2"], 2),
+                "b2": params["b2"] * _layer_mask(keep, params["b2"], 1),
+                "mixing": torch.where(_layer_mask(keep, mixing, 2) > 0, mixing, eye)}
+
+    def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return additive_coupling(z, *self.args(params))
+
+    def inverse(self, y: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return additive_coupling_inverse(y, *self.args(params))
+
+
+#: every flow type's spec class, by name
+SPECS: dict[str, type[FlowSpec]] = {"planar": PlanarSpec, "radial": RadialSpec, "nice": NiceSpec}
+
+
+def spec_for(flow: str, dim: int, K: int, **options) -> FlowSpec:
+    """The spec of flow type ``flow`` (a key of :data:`SPECS`); ``options`` that the type does not have
+    (e.g. ``hidden`` for a planar flow) are ignored, so one call serves every type."""
+    if flow not in SPECS:
+        raise ValueError(f"spec_for: flow must be one of {tuple(SPECS)}, got {flow!r}")
+    cls = SPECS[flow]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(dim, K, **{k: v for k, v in options.items() if k in fields})
+
+
+# ----------------------------------------------------------------------------------------------
+# modules: stacked raw parameters, run by their spec
+# ----------------------------------------------------------------------------------------------
+class Flow(nn.Module):
+    """A flow z ↦ f(z) with ``forward(z) -> (z_new, log_det)`` and ``inverse(y) -> (z, log_det)``.
+
+    A subclass sets ``spec`` and registers one parameter (or buffer) per name in ``spec.names``."""
+
+    dim: int
+    spec: FlowSpec
+
+    def __init__(self, spec: FlowSpec):
+        super().__init__()
+        if spec.K < 1:
+            raise ValueError(f"{type(self).__name__} needs dim ≥ {spec.min_dim} and K ≥ 1, got dim={spec.dim}, "
+                             f"K={spec.K}")
+        self.spec, self.dim, self.K = spec, spec.dim, spec.K
 
     def _check(self, z: Tensor, where: str) -> None:
-        _check_z(z, self.dim, where)
-        p = self._param_like()
+        check_z(z, self.dim, where)
+        p = next(self.parameters())
         if z.dtype != p.dtype:
             raise TypeError(f"{where}: z has dtype {z.dtype} but the flow's parameters are {p.dtype}; "
                             f"use z.to({p.dtype}) or flow.to({z.dtype})")
@@ -396,110 +646,76 @@ class Flow(nn.Module):
             raise ValueError(f"{where}: z is on {z.device} but the flow is on {p.device}; "
                              f"use z.to('{p.device}') or flow.to('{z.device}')")
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+    def params(self) -> dict[str, Tensor]:
+        """The flow's parameters and buffers by the spec's names."""
+        return {n: getattr(self, n) for n in self.spec.names}
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(z, f"{type(self).__name__}.forward")
+        return self.spec.forward(z, self.params())
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(y, f"{type(self).__name__}.inverse")
+        return self.spec.inverse(y, self.params())
 
 
 class Planar(Flow):
     """K planar layers with stacked raw parameters u, w of shape (K, dim) and b of shape (K,).
 
-    ``fused=True`` (the default) runs :func:`flowbook.fused.planar_chain`, the same map with a
-    hand-written backward that is several times faster; ``fused=False`` runs the reference
+    ``impl`` chooses the implementation (:func:`planar_chain`): ``"auto"`` (the default) runs the hand-written
+    backward of :mod:`flowbook.kernels`, several times faster; ``"autograd"`` runs the reference
     :func:`planar`, which also supports double backward.
     """
 
-    def __init__(self, dim: int, K: int, fused: bool = True):
-        super().__init__()
-        if dim < 1 or K < 1:
-            raise ValueError(f"Planar needs dim ≥ 1 and K ≥ 1, got dim={dim}, K={K}")
-        self.dim, self.K, self.fused = dim, K, fused
+    def __init__(self, dim: int, K: int, impl: str = "auto"):
+        super().__init__(PlanarSpec(dim, K, impl=impl))
+        # u and w start at random (not at the identity), with the scale of a linear layer's 1/√D
         bound = 1.0 / math.sqrt(dim)
         self.u = nn.Parameter(torch.empty(K, dim).uniform_(-bound, bound))
         self.w = nn.Parameter(torch.empty(K, dim).uniform_(-bound, bound))
         self.b = nn.Parameter(torch.zeros(K))
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(z, "Planar.forward")
-        if self.fused:
-            from flowbook.fused import planar_chain  # imported here: flowbook.fused builds on this module
-
-            return planar_chain(z, self.u, self.w, self.b)
-        return planar(z, self.u, self.w, self.b)
-
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(y, "Planar.inverse")
-        return planar_inverse(y, self.u, self.w, self.b)
-
 
 class Radial(Flow):
-    """K radial layers with stacked reference points z0 (K, dim) and raw α, β (K,)."""
+    """K radial layers with stacked reference points z0 (K, dim) and raw α, β (K,), starting as the identity."""
 
     def __init__(self, dim: int, K: int):
-        super().__init__()
-        if dim < 1 or K < 1:
-            raise ValueError(f"Radial needs dim ≥ 1 and K ≥ 1, got dim={dim}, K={K}")
-        self.dim, self.K = dim, K
-        self.z0 = nn.Parameter(torch.randn(K, dim))
-        self.alpha = nn.Parameter(torch.zeros(K))
-        self.beta = nn.Parameter(torch.zeros(K))
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(z, "Radial.forward")
-        return radial(z, self.z0, self.alpha, self.beta)
-
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(y, "Radial.inverse")
-        return radial_inverse(y, self.z0, self.alpha, self.beta)
+        super().__init__(RadialSpec(dim, K))
+        for name, value in self.spec.identity().items():
+            setattr(self, name, nn.Parameter(value))
 
 
 class AdditiveCoupling(Flow):
     """NICE: K additive couplings, each after a fixed random mixing (``"orth"`` or ``"perm"``).
 
     The mixing is drawn once at construction from ``seed`` and stored as a buffer (it is not trained),
-    following the paper's comparison of NICE-orth and NICE-perm in Figure 3d.
+    following the paper's comparison of NICE-orth and NICE-perm in Figure 3d; then the couplings start
+    as the identity (:meth:`NiceSpec.identity`, from the same generator).
     """
 
     def __init__(self, dim: int, K: int, hidden: int = 64, mixing: str = "orth", seed: int = 0):
-        super().__init__()
-        if dim < 2 or K < 1:
-            raise ValueError(f"AdditiveCoupling needs dim ≥ 2 and K ≥ 1, got dim={dim}, K={K}")
-        self.dim, self.K, self.mixing_kind = dim, K, mixing
-        d = dim // 2
-        self.seed = seed
+        super().__init__(NiceSpec(dim, K, hidden=hidden, mixing=mixing))
+        self.mixing_kind, self.seed = mixing, seed
         gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("mixing", random_mixing(dim, K, mixing, gen))
-        self.w1 = nn.Parameter(torch.randn(K, hidden, d, generator=gen) / math.sqrt(d))
-        self.b1 = nn.Parameter(torch.zeros(K, hidden))
-        # the last layer starts at zero: every coupling starts as the identity
-        self.w2 = nn.Parameter(torch.zeros(K, dim - d, hidden))
-        self.b2 = nn.Parameter(torch.zeros(K, dim - d))
+        self.register_buffer("mixing", self.spec.draw_mixing(gen))
+        for name, value in self.spec.identity(generator=gen).items():
+            setattr(self, name, nn.Parameter(value))
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
         # .double()/.to() would cast the orthogonal matrices, which were rounded in their old dtype;
         # redraw them in float64 from the seed instead, so they are orthogonal to the new precision.
         out = super()._apply(fn, *args, **kwargs)
         if self.mixing.is_floating_point():
-            exact = random_mixing(self.dim, self.K, "orth", torch.Generator().manual_seed(self.seed), torch.float64)
+            exact = self.spec.draw_mixing(torch.Generator().manual_seed(self.seed), torch.float64)
             self.mixing = exact.to(dtype=self.mixing.dtype, device=self.mixing.device)
         return out
-
-    def _params(self) -> tuple[Tensor, ...]:
-        return self.w1, self.b1, self.w2, self.b2, self.mixing
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(z, "AdditiveCoupling.forward")
-        return additive_coupling(z, *self._params())
-
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(y, "AdditiveCoupling.inverse")
-        return additive_coupling_inverse(y, *self._params())
 
 
 class Compose(Flow):
     """The composition f_K ∘ … ∘ f_1 of flows; log-dets add (eq. 7)."""
 
     def __init__(self, flows: Sequence[Flow]):
-        super().__init__()
+        nn.Module.__init__(self)  # a composition has no spec of its own
         if not flows:
             raise ValueError("Compose needs at least one flow")
         dims = {f.dim for f in flows}
@@ -533,13 +749,11 @@ class DiagonalGaussian(nn.Module):
         self.log_std = nn.Parameter(torch.full((dim,), float(log_std)))
 
     def log_prob(self, z: Tensor) -> Tensor:
-        _check_z(z, self.dim, "DiagonalGaussian.log_prob")
-        eps = (z - self.mean) * torch.exp(-self.log_std)
-        return -0.5 * (eps.square() + math.log(2 * math.pi)).sum(-1) - self.log_std.sum()
+        check_z(z, self.dim, "DiagonalGaussian.log_prob")
+        return diagonal_normal_log_prob(z, self.mean, self.log_std)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterized samples z = μ + σ·ε (stochastic backpropagation) and their ln q_0(z)."""
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
         z = self.mean + torch.exp(self.log_std) * eps
-        log_q = -0.5 * (eps.square() + math.log(2 * math.pi)).sum(-1) - self.log_std.sum()
-        return z, log_q
+        return z, normal_log_prob_of_noise(eps, self.log_std)

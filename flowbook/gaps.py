@@ -20,7 +20,8 @@ import math
 import torch
 from torch import Tensor
 
-from .models import LOG_2PI, DLGM
+from .gaussian import normal_log_prob_of_noise
+from .models import DLGM
 
 __all__ = ["posterior_bounds", "refine_locally", "inference_gaps"]
 
@@ -30,7 +31,7 @@ def _log_q_and_z(model: DLGM, mu: Tensor, log_sigma: Tensor, params: tuple[Tenso
     """z_K and ln q_K(z_K | x) for noise eps (S, N, D) and per-digit q0 and flow parameters (eq. 7)."""
     S, N, D = eps.shape
     z0 = mu + log_sigma.exp() * eps
-    log_q0 = -0.5 * (eps.square() + LOG_2PI).sum(-1) - log_sigma.sum(-1)
+    log_q0 = normal_log_prob_of_noise(eps, log_sigma)
     rep = tuple(p.unsqueeze(0).expand(S, *p.shape).reshape(S * N, *p.shape[1:]) for p in params)
     zK, log_det = model.flow(z0.reshape(S * N, D), rep)
     return zK.reshape(S, N, D), log_q0 - log_det.reshape(S, N)

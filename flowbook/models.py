@@ -21,7 +21,7 @@ logits), the architecture of the project's speed anchors.
 
 Amortized flow parameters (one linear head on the encoder's last hidden layer per flow type):
 
-* planar: u, w of shape (B, K, 40) and b of shape (B, K), fed to :func:`flowbook.fused.planar_chain`
+* planar: u, w of shape (B, K, 40) and b of shape (B, K), fed to :func:`flowbook.flows.planar_chain`
   (the map of :func:`flowbook.flows.planar` with a hand-written backward, compiled on a CPU);
 * radial: z0 (B, K, 40) and raw α, β (B, K), fed to :func:`flowbook.flows.radial`;
 * NICE: the paper does not say which NICE parameters are amortized. Here the coupling MLPs'
@@ -31,8 +31,10 @@ Amortized flow parameters (one linear head on the encoder's last hidden layer pe
   full weight matrices would cost K·H·40 outputs per data point; shifting the hidden units per
   data point is the cheapest way to make the coupling depend on x.
 
-Every head starts near the identity flow (small weights, and for NICE a zero last layer), so a
-model with K layers starts where the K = 0 model starts.
+The layout of each head's output, which parameters are global, and the identity start come from the
+flow type's spec (:class:`flowbook.flows.PlanarSpec`, :class:`~flowbook.flows.RadialSpec`,
+:class:`~flowbook.flows.NiceSpec`). Every head starts near the identity flow (small weights, and a
+bias at which the flow is the identity), so a model with K layers starts where the K = 0 model starts.
 
 :class:`MultiDLGM` holds R such models (the rows of Table 2) with their common-shape parameters
 stacked along a leading row axis, so that one process trains them together, on the same minibatch,
@@ -40,7 +42,6 @@ with batched matrix products.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -49,27 +50,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import flows
+from .gaussian import LOG_2PI, normal_log_prob_of_noise
+from .objectives import free_energy
 
-from .fused import planar_chain as _planar_chain
-
-PLANAR_IMPL = "flowbook.fused.planar_chain"  # the same map as flows.planar, with a hand-written backward
-
-
-def planar_kernel(device: torch.device | str, dtype: str = "float32") -> str:
-    """What actually computes the planar chain on ``device``: the compiled C kernel (with its file name)
-    or the PyTorch loop, and why (recorded in every result next to ``PLANAR_IMPL``)."""
-    if torch.device(device).type != "cpu":
-        return f"PyTorch loop on {torch.device(device).type} (the compiled kernel is CPU-only)"
-    from . import native
-
-    return native.status("planar_chain", dtype)
-
-__all__ = ["DLGMConfig", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS", "PLANAR_IMPL", "planar_kernel",
+__all__ = ["DLGMConfig", "FreeEnergyModel", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS",
            "bernoulli_log_likelihood", "logit_normal_log_likelihood", "standard_normal_log_prob"]
 
-FLOW_TYPES = ("planar", "radial", "nice")
+FLOW_TYPES = tuple(flows.SPECS)  # ("planar", "radial", "nice")
 LIKELIHOODS = ("bernoulli", "logit_normal")
-LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -124,16 +112,13 @@ class DLGMConfig:
         return (self.data_dim, self.latent, self.hidden, self.window, self.maxout_units,
                 self.likelihood, self.logit_normal_variance)
 
+    def flow_spec(self) -> flows.FlowSpec:
+        """The spec of this row's flow (:func:`flowbook.flows.spec_for`) on the latent space."""
+        return flows.spec_for(self.flow, self.latent, self.K, hidden=self.nice_hidden)
+
     def flow_param_count(self) -> int:
         """Outputs of the amortized flow head per data point."""
-        D, K = self.latent, self.K
-        if K == 0:
-            return 0
-        if self.flow == "planar":
-            return K * (2 * D + 1)
-        if self.flow == "radial":
-            return K * (D + 2)
-        return K * (self.nice_hidden + D - D // 2)
+        return self.flow_spec().head_size()
 
     def label(self) -> str:
         return "diagonal" if self.K == 0 else f"{self.flow}-K{self.K}"
@@ -174,16 +159,92 @@ def _linear(n_in: int, n_out: int) -> nn.Linear:
     return nn.Linear(n_in, n_out)
 
 
-class DLGM(nn.Module):
-    """One deep latent Gaussian model with an amortized flow posterior (see the module docstring).
+class FreeEnergyModel(nn.Module):
+    """The forward path of the free energy (eq. 15), written once for :class:`DLGM` and :class:`MultiDLGM`.
 
-    The free energy of eq. 15 for one sample z0 = μ + σ ⊙ ε per data point (Algorithm 1):
+    For one sample z0 = μ + σ ⊙ ε per data point (Algorithm 1):
 
         F(x) = ln q0(z0 | x) − Σ_k ln|det ∂f_k/∂z_{k−1}| − β·[ln p(x | z_K) + ln p(z_K)].
 
+    Subclasses supply the pieces: ``encode(x)`` (the encoder's last hidden layer h), ``q0(h)`` (μ, ln σ),
+    ``amortized_flow(z0, h)`` (z_K and the log-det), ``decode(z)`` and ``log_likelihood(x, out)``.
     The noise ε is passed in (not drawn inside) so that a trainer owns every random number and can
     checkpoint its generator.
     """
+
+    def free_energy_terms(self, x: Tensor, eps: Tensor) -> dict[str, Tensor]:
+        """Per-example ln q0(z0), log-det, ln p(x | z_K) and ln p(z_K) for z0 = μ + σ ε."""
+        h = self.encode(x)
+        mu, log_sigma = self.q0(h)
+        eps = eps.expand_as(mu)
+        z0 = mu + torch.exp(log_sigma) * eps
+        zK, log_det = self.amortized_flow(z0, h)
+        return {"log_q0": normal_log_prob_of_noise(eps, log_sigma), "log_det": log_det,
+                "log_lik": self.log_likelihood(x, self.decode(zK)), "log_prior": standard_normal_log_prob(zK)}
+
+    def loss(self, x: Tensor, eps: Tensor, beta: float = 1.0) -> Tensor:
+        """The annealed free energy (eq. 15, :func:`flowbook.objectives.free_energy`) of each row, averaged
+        over the batch: shape (rows,), (1,) for one DLGM."""
+        t = self.free_energy_terms(x, eps)
+        return free_energy(t["log_q0"], t["log_det"], t["log_lik"] + t["log_prior"], beta, dim=-1).reshape(-1)
+
+
+class AmortizedFlow:
+    """The amortized flow of one row (§4.2), for a module that mixes this in.
+
+    A head ``flow_head`` on the encoder's last hidden layer emits the per-example parameters of ``spec``
+    (a :class:`flowbook.flows.FlowSpec`); the spec's global parameters and buffers are attributes named
+    ``<spec.name>_<name>`` (NICE: ``nice_w1``, ``nice_w2`` and the buffer ``nice_mixing``).
+    """
+
+    spec: flows.FlowSpec
+    flow_head: nn.Linear | None
+
+    def _shared_names(self) -> list[str]:
+        """The spec's global parameters and buffers (none without layers)."""
+        return [n for n in self.spec.names if n not in self.spec.amortized] if self.spec.K else []
+
+    def _init_flow(self, spec: flows.FlowSpec, in_features: int, buffer_seed: int) -> None:
+        """Create the head and the global parameters at the identity flow (the spec's identity)."""
+        self.spec = spec
+        self.flow_head = None
+        if not spec.K:
+            return
+        head = _linear(in_features, spec.head_size())
+        start = spec.identity()
+        with torch.no_grad():
+            # small weights: the flow starts close to the same map for every x, at the identity's bias
+            head.weight.mul_(0.01)
+            head.bias.copy_(spec.flatten_amortized(start))
+        self.flow_head = head
+        buffers = spec.draw_buffers(torch.Generator().manual_seed(buffer_seed))
+        for n in self._shared_names():
+            if n in buffers:
+                self.register_buffer(f"{spec.name}_{n}", buffers[n])
+            else:
+                setattr(self, f"{spec.name}_{n}", nn.Parameter(start[n]))
+
+    def flow_params(self, h: Tensor) -> tuple[Tensor, ...]:
+        """The amortized flow parameters for each data point, in the order of ``spec.amortized``."""
+        if not self.spec.K:
+            return ()
+        return tuple(self.spec.split(self.flow_head(h)).values())
+
+    def flow(self, z: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """z_K and Σ_k ln|det ∂f_k/∂z_{k−1}| for z (N, D) and per-example params with leading N."""
+        if not self.spec.K:
+            return z, z.new_zeros(z.shape[0])
+        shared = {n: getattr(self, f"{self.spec.name}_{n}") for n in self._shared_names()}
+        return self.spec.forward(z, {**shared, **dict(zip(self.spec.amortized, params))})
+
+    def amortized_flow(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The flow of z0 with the parameters the head emits from h."""
+        return self.flow(z0, self.flow_params(h))
+
+
+class DLGM(AmortizedFlow, FreeEnergyModel):
+    """One deep latent Gaussian model with an amortized flow posterior (see the module docstring);
+    its loss is the free energy of :class:`FreeEnergyModel`."""
 
     def __init__(self, config: DLGMConfig):
         super().__init__()
@@ -200,33 +261,8 @@ class DLGM(nn.Module):
             self.dec_out = _linear(H, n_out)
             if c.likelihood == "logit_normal" and c.logit_normal_variance == "per_dim":
                 self.log_sigma_x = nn.Parameter(torch.zeros(c.data_dim))
-            self.flow_head = self._make_flow_head() if c.K else None
-            if c.K and c.flow == "nice":
-                d = D // 2
-                self.nice_w1 = nn.Parameter(torch.randn(c.K, c.nice_hidden, d) / math.sqrt(d))
-                # zero last layer: every coupling starts as the identity
-                self.nice_w2 = nn.Parameter(torch.zeros(c.K, D - d, c.nice_hidden))
-                gen = torch.Generator().manual_seed(c.seed + 7919)
-                self.register_buffer("nice_mixing", flows.random_mixing(D, c.K, "orth", gen))
-
-    def _make_flow_head(self) -> nn.Linear:
-        c = self.config
-        D, K = c.latent, c.K
-        head = _linear(c.maxout_outputs, c.flow_param_count())
-        with torch.no_grad():
-            # small weights: the flow starts close to the same map for every x, near the identity
-            head.weight.mul_(0.01)
-            head.bias.zero_()
-            if c.flow == "planar":
-                # random hyperplane normals w, so that ∂F/∂u ≠ 0 at the start; and u parallel to w with
-                # wᵀu = ln(e − 1), where the constraint of Appendix A maps u to û = 0: the identity
-                w = torch.randn(K, D) / math.sqrt(D)
-                u = math.log(math.e - 1.0) * w / w.square().sum(-1, keepdim=True)
-                head.bias[:K * D].copy_(u.flatten())
-                head.bias[K * D:2 * K * D].copy_(w.flatten())
-            elif c.flow == "radial":  # reference points spread like the prior; α_raw = β_raw = 0 gives β ≈ 0
-                head.bias[:K * D].normal_(0.0, 1.0)
-        return head
+            # the NICE mixings come from their own generator (seed + 7919), not from the global stream
+            self._init_flow(c.flow_spec(), H, c.seed + 7919)
 
     # --- the pieces, each usable on its own (the chapter shows them one by one) -------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -240,25 +276,6 @@ class DLGM(nn.Module):
         """Mean and log standard deviation of q0(z0 | x) from h(x)."""
         mu, log_sigma = self.q0_head(h).chunk(2, -1)
         return mu, log_sigma
-
-    def flow_params(self, h: Tensor) -> tuple[Tensor, ...]:
-        """The amortized flow parameters for each data point (shapes in the module docstring)."""
-        c = self.config
-        if not c.K:
-            return ()
-        return split_flow_params(self.flow_head(h), c)
-
-    def flow(self, z: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        """z_K and Σ_k ln|det ∂f_k/∂z_{k−1}| for z (N, D) and per-example params with leading N."""
-        c = self.config
-        if not c.K:
-            return z, z.new_zeros(z.shape[0])
-        if c.flow == "planar":
-            return _planar_chain(z, *params)
-        if c.flow == "radial":
-            return flows.radial(z, *params)
-        b1, b2 = params
-        return flows.additive_coupling(z, self.nice_w1, b1, self.nice_w2, b2, self.nice_mixing)
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder output: Bernoulli logits, or the logit-normal mean (and log σ if amortized)."""
@@ -275,22 +292,6 @@ class DLGM(nn.Module):
         """ln p(x, z) = ln p(x | z) + ln p(z)."""
         return self.log_likelihood(x, self.decode(z)) + standard_normal_log_prob(z)
 
-    # --- the loss -------------------------------------------------------------------------------
-    def free_energy_terms(self, x: Tensor, eps: Tensor) -> dict[str, Tensor]:
-        """Per-example ln q0(z0), log-det, ln p(x | z_K) and ln p(z_K) for z0 = μ + σ ε."""
-        h = self.encode(x)
-        mu, log_sigma = self.q0(h)
-        z0 = mu + torch.exp(log_sigma) * eps
-        log_q0 = -0.5 * (eps.square() + LOG_2PI).sum(-1) - log_sigma.sum(-1)
-        zK, log_det = self.flow(z0, self.flow_params(h))
-        return {"log_q0": log_q0, "log_det": log_det,
-                "log_lik": self.log_likelihood(x, self.decode(zK)), "log_prior": standard_normal_log_prob(zK)}
-
-    def loss(self, x: Tensor, eps: Tensor, beta: float = 1.0) -> Tensor:
-        """The annealed free energy (eq. 15) averaged over the batch, as a (1,) tensor (one row)."""
-        t = self.free_energy_terms(x, eps)
-        return (t["log_q0"] - t["log_det"] - beta * (t["log_lik"] + t["log_prior"])).mean().unsqueeze(0)
-
     def rows(self) -> list["DLGM"]:
         return [self]
 
@@ -305,7 +306,7 @@ class DLGM(nn.Module):
         B, D = mu.shape
         eps = torch.randn(n, B, D, generator=generator, device=x.device, dtype=x.dtype)
         z0 = mu + torch.exp(log_sigma) * eps
-        log_q0 = -0.5 * (eps.square() + LOG_2PI).sum(-1) - log_sigma.sum(-1)
+        log_q0 = normal_log_prob_of_noise(eps, log_sigma)
         rep = tuple(p.unsqueeze(0).expand(n, *p.shape).reshape(n * B, *p.shape[1:]) for p in params)
         zK, log_det = self.flow(z0.reshape(n * B, D), rep)
         return z0, zK.reshape(n, B, D), log_q0 - log_det.reshape(n, B)
@@ -324,19 +325,6 @@ class DLGM(nn.Module):
         return torch.sigmoid(out[..., :self.config.data_dim])
 
 
-def split_flow_params(raw: Tensor, c: DLGMConfig) -> tuple[Tensor, ...]:
-    """Cut the flow head's output (B, P) into the per-example parameters of ``c.flow``."""
-    B, D, K = raw.shape[0], c.latent, c.K
-    if c.flow == "planar":
-        u, w, b = raw.split([K * D, K * D, K], -1)
-        return u.view(B, K, D), w.view(B, K, D), b
-    if c.flow == "radial":
-        z0, alpha, beta = raw.split([K * D, K, K], -1)
-        return z0.view(B, K, D), alpha, beta
-    b1, b2 = raw.split([K * c.nice_hidden, K * (D - D // 2)], -1)
-    return b1.view(B, K, c.nice_hidden), b2.view(B, K, D - D // 2)
-
-
 def likelihood_from_output(c: DLGMConfig, x: Tensor, out: Tensor, log_sigma_x: Tensor | None) -> Tensor:
     if c.likelihood == "bernoulli":
         return bernoulli_log_likelihood(x, out)
@@ -347,7 +335,7 @@ def likelihood_from_output(c: DLGMConfig, x: Tensor, out: Tensor, log_sigma_x: T
     return logit_normal_log_likelihood(x, mean, log_sigma)
 
 
-class MultiDLGM(nn.Module):
+class MultiDLGM(FreeEnergyModel):
     """R DLGMs trained together: the rows of Table 2 in one process, on one minibatch.
 
     The encoder, q0 head and decoder of every row have the same shapes, so they are stored stacked
@@ -355,7 +343,8 @@ class MultiDLGM(nn.Module):
     product for the first layer (all rows read the same x) and ``baddbmm`` afterwards. The flow heads
     and flows differ in size between rows and run row by row. Row r computes exactly what
     ``DLGM(configs[r])`` computes (up to floating-point summation order); the rows' losses are
-    independent, so the gradient of their sum is each row's own gradient.
+    independent, so the gradient of their sum is each row's own gradient. The loss is the free energy
+    of :class:`FreeEnergyModel`, on (R, B) tensors: ``eps`` may be (B, D), shared by the rows, or (R, B, D).
     """
 
     def __init__(self, configs: list[DLGMConfig]):
@@ -392,27 +381,31 @@ class MultiDLGM(nn.Module):
     def _layer(self, name: str, h: Tensor) -> Tensor:
         return torch.baddbmm(self.biases[name], h, self.weights[name])
 
-    def loss(self, x: Tensor, eps: Tensor, beta: float = 1.0) -> Tensor:
-        """Per-row annealed free energies (R,), each averaged over the batch; ``eps`` (B, D) or (R, B, D)."""
-        c, R, B = self.c0, self.R, x.shape[0]
-        w = c.window
+    def encode(self, x: Tensor) -> Tensor:
+        """Every row's last encoder hidden layer, (R, B, H)."""
+        R, B, w = self.R, x.shape[0], self.c0.window
         W0 = self.weights["enc0"]  # (R, 784, P): one (B, 784) @ (784, R·P) product serves every row
         a = (x @ W0.transpose(0, 1).reshape(x.shape[1], -1)).view(B, R, -1).transpose(0, 1) + self.biases["enc0"]
-        h = maxout(self._layer("enc1", maxout(a, w)), w)  # (R, B, H)
+        return maxout(self._layer("enc1", maxout(a, w)), w)
+
+    def q0(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Every row's mean and log standard deviation of q0(z0 | x), each (R, B, D)."""
         mu, log_sigma = self._layer("q0", h).chunk(2, -1)
-        eps = eps.expand(R, B, c.latent)
-        z0 = mu + torch.exp(log_sigma) * eps
-        log_q0 = -0.5 * (eps.square() + LOG_2PI).sum(-1) - log_sigma.sum(-1)
-        zK, log_det = [], []
-        for r, part in enumerate(self.flow_parts):
-            z_r, ld_r = part(z0[r], h[r])
-            zK.append(z_r)
-            log_det.append(ld_r)
-        zK, log_det = torch.stack(zK), torch.stack(log_det)
-        g = maxout(self._layer("dec1", maxout(self._layer("dec0", zK), w)), w)
-        out = self._layer("out", g)
-        log_lik = likelihood_from_output(c, x, out, getattr(self, "log_sigma_x", None))
-        return (log_q0 - log_det - beta * (log_lik + standard_normal_log_prob(zK))).mean(-1)
+        return mu, log_sigma
+
+    def amortized_flow(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Each row's own flow (the rows differ in flow type and K), stacked: (R, B, D) and (R, B)."""
+        zK, log_det = zip(*(part(z0[r], h[r]) for r, part in enumerate(self.flow_parts)))
+        return torch.stack(zK), torch.stack(log_det)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Every row's decoder output, (R, B, ·)."""
+        w = self.c0.window
+        return self._layer("out", maxout(self._layer("dec1", maxout(self._layer("dec0", z), w)), w))
+
+    def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        """ln p(x | z) of every row, (R, B)."""
+        return likelihood_from_output(self.c0, x, out, getattr(self, "log_sigma_x", None))
 
     @torch.no_grad()
     def rows(self) -> list[DLGM]:
@@ -432,33 +425,27 @@ class MultiDLGM(nn.Module):
         return out
 
 
-class _FlowPart(nn.Module):
+class _FlowPart(AmortizedFlow, nn.Module):
     """A row's flow head and flow parameters (those of a :class:`DLGM` that do not stack)."""
 
     def __init__(self, model: DLGM):
         super().__init__()
-        self.config = model.config
+        self.config, self.spec = model.config, model.spec
         self.flow_head = model.flow_head
-        if model.config.K and model.config.flow == "nice":
-            self.nice_w1, self.nice_w2 = model.nice_w1, model.nice_w2
-            self.register_buffer("nice_mixing", model.nice_mixing)
+        for n in self._shared_names():
+            name = f"{self.spec.name}_{n}"
+            if n in self.spec.buffers:
+                self.register_buffer(name, getattr(model, name))
+            else:
+                setattr(self, name, getattr(model, name))
 
     def forward(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.config
-        if not c.K:
-            return z0, z0.new_zeros(z0.shape[0])
-        params = split_flow_params(self.flow_head(h), c)
-        if c.flow == "planar":
-            return _planar_chain(z0, *params)
-        if c.flow == "radial":
-            return flows.radial(z0, *params)
-        return flows.additive_coupling(z0, self.nice_w1, params[0], self.nice_w2, params[1], self.nice_mixing)
+        return self.amortized_flow(z0, h)
 
     @torch.no_grad()
     def copy_into(self, m: DLGM) -> None:
         if self.flow_head is not None:
             m.flow_head.load_state_dict(self.flow_head.state_dict())
-        if self.config.K and self.config.flow == "nice":
-            m.nice_w1.copy_(self.nice_w1)
-            m.nice_w2.copy_(self.nice_w2)
-            m.nice_mixing.copy_(self.nice_mixing)
+        for n in self._shared_names():
+            name = f"{self.spec.name}_{n}"
+            getattr(m, name).copy_(getattr(self, name))

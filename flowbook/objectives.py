@@ -26,7 +26,8 @@ def beta_schedule(t: int | float, start: float = 0.01, warmup: float = 10_000) -
     return min(1.0, start + t / warmup)
 
 
-def free_energy(log_q0: Tensor, log_det: Tensor, log_joint: Tensor, beta: float = 1.0) -> Tensor:
+def free_energy(log_q0: Tensor, log_det: Tensor, log_joint: Tensor, beta: float = 1.0,
+                dim: int | None = None) -> Tensor:
     """Monte Carlo estimate of eq. 15: mean over samples of ln q0(z0) − log_det − β·ln p(x, z_K).
 
     Args:
@@ -34,13 +35,17 @@ def free_energy(log_q0: Tensor, log_det: Tensor, log_joint: Tensor, beta: float 
         log_det: Σ_k ln|det ∂f_k/∂z_{k−1}| for the same samples.
         log_joint: ln p(x, z_K) for the same samples (for an energy, −U(z_K)).
         beta: the annealing weight β_t; 1 gives the (negative) ELBO.
+        dim: the axis to average over, for one free energy per model or fit along the other axes
+            (e.g. (rows, batch) → (rows,)); None averages over everything.
     Returns:
-        A scalar tensor, the free energy averaged over every sample (and data point).
+        The free energy averaged over every sample (and data point): a scalar, or one per index of the
+        axes other than ``dim``.
     """
     if not (log_q0.shape == log_det.shape == log_joint.shape):
         raise ValueError("free_energy: log_q0, log_det and log_joint must have one shape, got "
                          f"{tuple(log_q0.shape)}, {tuple(log_det.shape)}, {tuple(log_joint.shape)}")
-    return (log_q0 - log_det - beta * log_joint).mean()
+    terms = log_q0 - log_det - beta * log_joint
+    return terms.mean() if dim is None else terms.mean(dim)
 
 
 def importance_log_marginal(propose: Callable[[int], tuple[Tensor, Tensor]],

@@ -32,7 +32,7 @@ def test_batched_flow_equals_each_fit_alone(family, labels):
     z = torch.randn(g.n_fits, 7, 2, dtype=torch.float64)
     zK, log_det = g.flow(z)
     for f in range(g.n_fits):
-        zf, ldf = g._fit_flow(f, z[f])
+        zf, ldf = g.spec.forward(z[f], g.fit_params(f))
         torch.testing.assert_close(zK[f], zf, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(log_det[f], ldf, rtol=1e-10, atol=1e-10)
 
@@ -43,11 +43,11 @@ def test_batched_nice_equals_the_module():
     g = _perturb(E.FitGroup("nice", [("U1", "nice-orth", 4), ("U2", "nice-perm", 4)], nice_hidden=3,
                             generator=torch.Generator().manual_seed(2)))
     for f in range(2):
-        w1, b1, w2, b2, mixing = g.fit_params(f)
+        w1, b1, w2, b2, mixing = g.fit_params(f).values()
         assert w1.shape == (4, 3, 1) and w2.shape == (4, 1, 3) and mixing.shape == (4, 2, 2)
         eye = torch.eye(2, dtype=mixing.dtype).expand(4, 2, 2)
         torch.testing.assert_close(mixing @ mixing.transpose(-1, -2), eye)
-    perm = g.fit_params(1)[4]
+    perm = g.fit_params(1)["mixing"]
     assert set(perm.flatten().tolist()) <= {0.0, 1.0}
 
 
@@ -57,7 +57,7 @@ def test_padded_layers_are_identities():
         g = _perturb(E.FitGroup(family, [("U1", family, 2), ("U1", family, 6)]))
         z = torch.randn(2, 5, 2, dtype=torch.float64)
         zK, log_det = g.flow(z)
-        params = [p[0, :2] for p in (g.u, g.w, g.b)] if family == "planar" else [p[0, :2] for p in (g.z0, g.alpha, g.beta)]
+        params = [p[0, :2] for p in g.params().values()]
         fn = flows.planar if family == "planar" else flows.radial
         zr, ldr = fn(z[0], *params)
         torch.testing.assert_close(zK[0], zr)
@@ -98,7 +98,7 @@ def test_batched_gradient_is_each_fits_own_gradient():
     for g in groups:
         z0, log_q0 = g.base_sample(n, gen)
         for f, (t, _, _) in enumerate(g.labels):
-            zK, log_det = g._fit_flow(f, z0[f])
+            zK, log_det = g.spec.forward(z0[f], g.fit_params(f))
             alone = alone + free_energy(log_q0[f], log_det, -potentials[t](zK), beta)
     own = torch.autograd.grad(alone, [p for g in groups for p in g.parameters()], allow_unused=True)
     torch.testing.assert_close(loss, alone, rtol=1e-10, atol=1e-10)
@@ -152,3 +152,23 @@ def test_checkpoints_are_evaluated_mid_training():
     mid = history["checkpoints"][0]["rows"]
     assert [(r["method"], r["K"]) for r in mid] == [(r["method"], r["K"]) for r in rows]
     assert all(m["KL"] != r["KL"] for m, r in zip(mid, rows))
+
+
+def test_the_package_keeps_its_public_names_and_command_line():
+    """experiments2d is a package (model, training, cli) that re-exports its names and runs with -m."""
+    import subprocess
+    import sys
+
+    from flowbook.experiments2d import cli, model, training
+
+    assert E.FitGroup is model.FitGroup and E.train is training.train and E.main is cli.main
+    assert not hasattr(E, "nice_fits")  # one NICE: the spec's, with per-example weights
+    out = subprocess.run([sys.executable, "-m", "flowbook.experiments2d", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--mode" in out.stdout
+
+
+def test_every_family_runs_through_its_spec():
+    g = E.FitGroup("nice", [("U1", "nice-orth", 2)], nice_hidden=3)
+    assert g.spec == flows.NiceSpec(2, 2, hidden=3)
+    assert set(g.fit_params(0)) == set(flows.NiceSpec.names)
+    assert E.FitGroup("planar", [("U1", "planar", 2)]).spec == flows.PlanarSpec(2, 2, impl="autograd", inverse_iters=60)

@@ -1,8 +1,9 @@
-"""Tests for flowbook.flows and flowbook.fused: log-dets against autograd Jacobians, inverses,
+"""Tests for flowbook.flows and flowbook.kernels.fused: log-dets against autograd Jacobians, inverses,
 constraints under extreme raw parameters, the fused planar chain against the reference, and errors."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +18,8 @@ from flowbook import flows
 from flowbook.flows import (AdditiveCoupling, Compose, DiagonalGaussian, Planar, Radial, additive_coupling,
                             additive_coupling_inverse, planar, planar_constrain, planar_inverse, radial,
                             radial_constrain, radial_inverse, random_mixing)
-from flowbook.fused import planar_chain
+from flowbook.kernels import native
+from flowbook.kernels.fused import planar_chain
 
 F64 = torch.float64
 BATCH = 3
@@ -39,8 +41,8 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module
 def _module(kind: str, dim: int, K: int, gen: torch.Generator) -> torch.nn.Module:
     if kind == "Planar":
         return _randomize(Planar(dim, K), gen)
-    if kind == "Planar(fused=False)":
-        return _randomize(Planar(dim, K, fused=False), gen)
+    if kind == "Planar(impl=autograd)":
+        return _randomize(Planar(dim, K, impl="autograd"), gen)
     if kind == "Radial":
         return _randomize(Radial(dim, K), gen)
     mixing = "orth" if kind == "NICE-orth" else "perm"
@@ -51,7 +53,7 @@ def _module(kind: str, dim: int, K: int, gen: torch.Generator) -> torch.nn.Modul
     return m.double()
 
 
-MODULES = ["Planar", "Planar(fused=False)", "Radial", "NICE-orth", "NICE-perm"]
+MODULES = ["Planar", "Planar(impl=autograd)", "Radial", "NICE-orth", "NICE-perm"]
 AMORTIZED = ["planar", "planar_chain", "radial", "additive_coupling (orth)", "additive_coupling (perm)"]
 
 
@@ -336,7 +338,7 @@ def test_planar_chain_gradcheck(layout: str) -> None:
 def test_planar_module_fused_and_reference_agree() -> None:
     gen = torch.Generator().manual_seed(5)
     fused = _randomize(Planar(3, 6), gen)
-    ref = Planar(3, 6, fused=False).double()
+    ref = Planar(3, 6, impl="autograd").double()
     ref.load_state_dict(fused.state_dict())
     z = torch.randn(8, 3, dtype=F64)
     for m in (fused, ref):
@@ -461,3 +463,155 @@ def test_zero_layers_are_the_identity_with_zero_log_det(fn, per_example: bool) -
     out, log_det = fn(z, *params)
     assert torch.equal(out, z)
     assert log_det.shape == (BATCH,) and torch.equal(log_det, torch.zeros(BATCH, dtype=F64))
+
+
+# ----------------------------------------------------------------------------------------------
+# specs: one per flow type
+# ----------------------------------------------------------------------------------------------
+SPEC_CASES = [flows.PlanarSpec(3, 4, impl="autograd"), flows.PlanarSpec(3, 4), flows.RadialSpec(3, 4),
+              flows.NiceSpec(4, 3, hidden=5), flows.NiceSpec(5, 2, hidden=3, mixing="perm")]
+
+
+def _spec_params(spec: flows.FlowSpec, seed: int = 0, batch: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    """Random (non-identity) float64 parameters of ``spec``, shared or per example."""
+    gen = torch.Generator().manual_seed(seed)
+    params = {n: p.double() + 0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+              for n, p in spec.identity(batch, gen).items()}
+    params.update(spec.draw_buffers(gen, torch.float64))
+    return params
+
+
+@pytest.mark.parametrize("spec", SPEC_CASES, ids=repr)
+def test_spec_forward_inverse_round_trip_and_log_det(spec) -> None:
+    params = _spec_params(spec)
+    z = torch.randn(6, spec.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y, ld = spec.forward(z, params)
+    back, ld_inv = spec.inverse(y, params)
+    torch.testing.assert_close(back, z, atol=1e-9, rtol=0)
+    torch.testing.assert_close(ld_inv, -ld, atol=1e-9, rtol=0)
+    # the log-det against autograd's Jacobian of one example
+    jac = torch.autograd.functional.jacobian(lambda v: spec.forward(v[None], params)[0][0], z[0])
+    torch.testing.assert_close(ld[0], torch.linalg.slogdet(jac)[1], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("spec", SPEC_CASES, ids=repr)
+def test_spec_identity_is_the_identity_map(spec) -> None:
+    """In the float32 it is made in: planar's wᵀu = ln(e − 1) holds to float32 rounding, so û ≈ 1e-8."""
+    gen = torch.Generator().manual_seed(2)
+    params = {**spec.identity(generator=gen), **spec.draw_buffers(gen)}
+    if spec.buffers:  # NICE: the couplings are identities; the fixed mixings are not, so replace them
+        params["mixing"] = torch.eye(spec.dim).expand(spec.K, spec.dim, spec.dim)
+    z = torch.randn(5, spec.dim, generator=gen)
+    y, ld = spec.forward(z, params)
+    torch.testing.assert_close(y, z, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ld, torch.zeros(5), atol=1e-6, rtol=0)
+    assert set(spec.identity()) == {n for n in spec.names if n not in spec.buffers}
+    assert {n: tuple(p.shape) for n, p in spec.identity((7,)).items()} == {
+        n: (7, *s) for n, s in spec.shapes().items() if n not in spec.buffers}
+
+
+@pytest.mark.parametrize("spec", SPEC_CASES, ids=repr)
+def test_spec_split_is_the_head_layout_and_per_example_equals_shared(spec) -> None:
+    shared = _spec_params(spec, seed=3)
+    raw = spec.flatten_amortized(shared).expand(4, spec.head_size())
+    split = spec.split(raw)
+    assert list(split) == list(spec.amortized)
+    for n, p in split.items():
+        assert p.shape == (4, *spec.shapes()[n])
+        torch.testing.assert_close(p[2], shared[n])
+    z = torch.randn(4, spec.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    per_example = {**shared, **split}
+    for out, ref in zip(spec.forward(z, per_example), spec.forward(z, shared)):
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="head output must be"):
+        spec.split(raw[:, 1:])
+
+
+@pytest.mark.parametrize("spec", SPEC_CASES, ids=repr)
+def test_spec_mask_layers_turns_layers_into_identities(spec) -> None:
+    params = _spec_params(spec, seed=5)
+    if spec.name == "nice" and not params["mixing"].is_floating_point():
+        params["mixing"] = torch.eye(spec.dim, dtype=torch.float64)[params["mixing"]]
+    keep = torch.tensor([1.0] * 2 + [0.0] * (spec.K - 2))
+    z = torch.randn(3, spec.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    short = dataclasses.replace(spec, K=2)
+    for out, ref in zip(spec.forward(z, spec.mask_layers(params, keep)),
+                        short.forward(z, {n: p[:2] for n, p in params.items()})):
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+def test_nice_per_example_weights_equal_one_call_per_example() -> None:
+    """additive_coupling with (batch, K, …) weights and mixings is each example's own shared-parameter call."""
+    spec = flows.NiceSpec(4, 3, hidden=5)
+    params = _spec_params(spec, seed=7, batch=(3,))
+    params["mixing"] = torch.stack([spec.draw_mixing(torch.Generator().manual_seed(i), torch.float64)
+                                    for i in range(3)])
+    z = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    y, _ = flows.additive_coupling(z, *spec.args(params))
+    for i in range(3):
+        yi, _ = flows.additive_coupling(z[i:i + 1], *(p[i] for p in spec.args(params)))
+        torch.testing.assert_close(y[i:i + 1], yi, atol=1e-12, rtol=0)
+    torch.testing.assert_close(flows.additive_coupling_inverse(y, *spec.args(params))[0], z, atol=1e-12, rtol=0)
+
+
+def test_spec_for_covers_every_type_and_ignores_foreign_options() -> None:
+    assert flows.spec_for("planar", 3, 2, hidden=9) == flows.PlanarSpec(3, 2)
+    assert flows.spec_for("nice", 4, 2, hidden=9, impl="fused") == flows.NiceSpec(4, 2, hidden=9)
+    assert set(flows.SPECS) == {"planar", "radial", "nice"}
+    with pytest.raises(ValueError, match="flow must be one of"):
+        flows.spec_for("maf", 3, 2)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        flows.PlanarSpec(3, 2, impl="cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# one dispatch for the planar chain, and the name of what runs
+# ----------------------------------------------------------------------------------------------
+IMPLS = ["autograd", "fused", "auto"] + (["native"] if native.load("planar_chain", "float64") is not None else [])
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_planar_chain_implementations_agree_in_float64(per_example) -> None:
+    gen = torch.Generator().manual_seed(9)
+    lead = (5,) if per_example else ()
+    z = torch.randn(5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    u, w = (torch.randn(*lead, 4, 3, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(2))
+    b = torch.randn(*lead, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    results = {}
+    for impl in IMPLS:
+        if impl == "native" and not per_example:
+            with pytest.raises(RuntimeError, match="per-example"):
+                flows.planar_chain(z, u, w, b, impl=impl)
+            continue
+        out, ld = flows.planar_chain(z, u, w, b, impl=impl)
+        grads = torch.autograd.grad((out.square().sum() + ld.sum()), (z, u, w, b))
+        results[impl] = (out, ld, *grads)
+    for impl, res in results.items():
+        for got, ref in zip(res, results["autograd"]):
+            torch.testing.assert_close(got, ref, atol=1e-10, rtol=0, msg=impl)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        flows.planar_chain(z, u, w, b, impl="C")
+
+
+def test_planar_chain_with_no_layers_is_the_identity() -> None:
+    z = torch.randn(3, 2)
+    for impl in ("autograd", "fused", "auto"):
+        out, ld = flows.planar_chain(z, torch.zeros(3, 0, 2), torch.zeros(3, 0, 2), torch.zeros(3, 0), impl=impl)
+        assert torch.equal(out, z) and torch.equal(ld, torch.zeros(3))
+
+
+def test_planar_impl_names_what_runs(monkeypatch) -> None:
+    assert planar_chain.__module__ == "flowbook.kernels.fused"
+    assert flows.planar_impl("cpu", "float32", impl="autograd").startswith("flowbook.flows.planar")
+    assert flows.planar_impl("cpu", torch.float64, impl="fused").startswith("flowbook.kernels.fused.planar_chain")
+    assert "on cuda" in flows.planar_impl("cuda", "float32")
+    assert "shared float32" in flows.planar_impl("cpu", "float32", per_example=False)
+    if native.load("planar_chain", "float32") is not None:
+        assert flows.planar_impl("cpu", "float32").startswith("flowbook.kernels.native")
+    # where no kernel can be built, the result says the PyTorch loop ran, and why
+    monkeypatch.setattr(native, "load", lambda name, dtype: None)
+    monkeypatch.setattr(native, "status", lambda name="planar_chain", dtype="float32":
+                        f"{name} ({dtype}): PyTorch fallback, because no C compiler found")
+    auto = flows.planar_impl("cpu", "float32")
+    assert auto.startswith("flowbook.kernels.fused.planar_chain") and auto.endswith("because no C compiler found")
+    assert flows.planar_impl("cpu", "float32", impl="native").startswith("none: ")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flowbook import flows
-from flowbook.models import (DLGM, DLGMConfig, MultiDLGM, bernoulli_log_likelihood, logit_normal_log_likelihood,
-                             maxout, standard_normal_log_prob)
+from flowbook.models import (DLGM, FLOW_TYPES, DLGMConfig, MultiDLGM, bernoulli_log_likelihood,
+                             logit_normal_log_likelihood, maxout, standard_normal_log_prob)
 
 SMALL = dict(data_dim=12, latent=4, hidden=16)
 
@@ -161,3 +161,35 @@ def test_prior_is_standard_normal():
     ref = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(standard_normal_log_prob(z), ref)
     assert math.isclose(standard_normal_log_prob(torch.zeros(1, 2, dtype=torch.float64)).item(), -math.log(2 * math.pi))
+
+
+def test_every_flow_type_is_a_spec_and_sizes_the_head():
+    """FLOW_TYPES are the specs of flowbook.flows; the head's width is the spec's; K = 0 has no head."""
+    from flowbook import flows
+
+    assert FLOW_TYPES == tuple(flows.SPECS)
+    for flow in FLOW_TYPES:
+        c = DLGMConfig(flow=flow, K=3, hidden=16, nice_hidden=5)
+        assert c.flow_spec() == flows.spec_for(flow, 40, 3, hidden=5)
+        m = DLGM(c)
+        assert m.flow_head.out_features == c.flow_param_count() == c.flow_spec().head_size()
+        assert [p.shape[1:] for p in m.flow_params(torch.zeros(2, m.config.maxout_outputs))] == [
+            c.flow_spec().shapes()[n] for n in c.flow_spec().amortized]
+    assert DLGM(DLGMConfig(flow="radial", K=0, hidden=16)).flow_head is None
+
+
+def test_dlgm_and_multidlgm_share_one_free_energy_path():
+    """DLGM.loss is free_energy (eq. 15) of its terms; a MultiDLGM row gives the same value in float64."""
+    from flowbook.objectives import free_energy
+
+    configs = [DLGMConfig(flow=f, K=2, hidden=16, nice_hidden=4) for f in FLOW_TYPES]
+    multi = MultiDLGM(configs).double()
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 784, generator=gen) < 0.3).double()
+    eps = torch.randn(6, 40, generator=gen, dtype=torch.float64)
+    rows = multi.loss(x, eps, beta=0.3)
+    for r, row in enumerate(multi.rows()):
+        t = row.free_energy_terms(x, eps)
+        expected = free_energy(t["log_q0"], t["log_det"], t["log_lik"] + t["log_prior"], 0.3)
+        torch.testing.assert_close(row.loss(x, eps, beta=0.3), expected.reshape(1))
+        torch.testing.assert_close(rows[r], expected, atol=1e-9, rtol=0)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from flowbook import fused, native
+from flowbook.kernels import fused, native
 from flowbook.flows import planar
 
 F64 = torch.float64
@@ -53,7 +53,7 @@ needs_kernel = pytest.mark.skipif(not HAS_CC, reason="no C compiler here: the Py
 def test_kernel_builds_and_is_used_where_a_compiler_exists(dtype: str) -> None:
     assert native.load("planar_chain", dtype) is not None, native.status("planar_chain", dtype)
     assert "compiled kernel" in native.status("planar_chain", dtype)
-    assert fused._use_native(torch.zeros(1, 1, dtype=getattr(torch, dtype)))
+    assert fused.kernel_usable(torch.zeros(1, 1, dtype=getattr(torch, dtype)))
 
 
 @needs_kernel
@@ -135,11 +135,11 @@ def test_compiled_chain_refuses_double_backward() -> None:
 
 def test_disabled_kernel_falls_back_to_the_same_numbers() -> None:
     """FLOWBOOK_NATIVE=0 (set before import, in a fresh process): PyTorch path, same results."""
-    code = ("import torch; from flowbook import native, fused, flows\n"
+    code = ("import torch; from flowbook import flows; from flowbook.kernels import native, fused\n"
             "print(native.status())\n"
             "z = torch.randn(3, 2, dtype=torch.float64); u, w = torch.randn(2, 3, 4, 2, dtype=torch.float64)\n"
             "b = torch.randn(3, 4, dtype=torch.float64)\n"
-            "assert not fused._use_native(z)\n"
+            "assert not fused.kernel_usable(z)\n"
             "for x, y in zip(fused.planar_chain(z, u, w, b), flows.planar(z, u, w, b)):\n"
             "    torch.testing.assert_close(x, y, atol=1e-12, rtol=0)\n")
     env = {**os.environ, "FLOWBOOK_NATIVE": "0"}
@@ -186,7 +186,7 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path) -> None:
     """In fresh processes (a process must never overwrite a library it has loaded): build, damage the
     file, load again."""
     env = {**os.environ, "FLOWBOOK_CACHE": str(tmp_path)}
-    code = ("import torch; from flowbook import native, fused, flows\n"
+    code = ("import torch; from flowbook import flows; from flowbook.kernels import native, fused\n"
             "print(native.status('planar_chain', 'float64'))\n"
             "z = torch.randn(3, 2, dtype=torch.float64); u, w = torch.randn(2, 3, 4, 2, dtype=torch.float64)\n"
             "b = torch.randn(3, 4, dtype=torch.float64)\n"

@@ -167,3 +167,13 @@ def test_free_energy_value_and_shapes() -> None:
         free_energy(log_q0, torch.zeros(3), log_joint_)
     with pytest.raises(ValueError, match="must have one shape"):
         free_energy(log_q0, log_det, log_joint_.unsqueeze(0))
+
+
+def test_free_energy_per_row_averages_over_one_axis():
+    """dim=-1 gives one free energy per row (the MultiDLGM rows, the 2-D fits), their mean the overall one."""
+    gen = torch.Generator().manual_seed(3)
+    q0, ld, lj = (torch.randn(3, 5, dtype=torch.float64, generator=gen) for _ in range(3))
+    rows = free_energy(q0, ld, lj, beta=0.5, dim=-1)
+    assert rows.shape == (3,)
+    torch.testing.assert_close(rows, (q0 - ld - 0.5 * lj).mean(-1))
+    torch.testing.assert_close(rows.mean(), free_energy(q0, ld, lj, beta=0.5))

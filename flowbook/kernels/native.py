@@ -1,8 +1,8 @@
-"""Compiled CPU kernels: C sources in ``flowbook/csrc``, built on first use and loaded with ctypes.
+"""Compiled CPU kernels: C sources in ``flowbook/kernels/csrc``, built on first use and loaded with ctypes.
 
 Why C, and why this way. The amortized planar chain of §4.2 does a few thousand multiply-adds per
 layer; as tensor operations its cost on a CPU is the overhead of some ten operations per layer,
-forward and backward (see :mod:`flowbook.fused`). One C loop over examples and layers removes that
+forward and backward (see :mod:`flowbook.kernels.fused`). One C loop over examples and layers removes that
 overhead. ctypes and the system's C compiler need no build step at install time and no PyTorch
 headers (an extension built against them takes a minute to compile; this takes about a second).
 

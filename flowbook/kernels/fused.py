@@ -1,5 +1,7 @@
 """A fast planar chain: the same map as :func:`flowbook.flows.planar`, with a hand-written backward.
 
+Reached through :func:`flowbook.flows.planar_chain` (``impl="fused"``, ``"native"`` or ``"auto"``).
+
 Why it exists. A chain of K planar layers on a batch of 100 points in 40 dimensions does very little
 arithmetic per layer (a few thousand multiply-adds), so on a CPU its cost is the number of tensor
 operations that autograd records and replays, not the flops. :func:`flowbook.flows.planar` is the
@@ -15,8 +17,8 @@ readable reference (about 6 recorded operations per layer forward, twice as many
 
 Two implementations of that backward, with the same numbers (tested to 1e−10 in float64):
 
-* per-example (amortized, §4.2) parameters on a CPU go to C kernels (``flowbook/csrc/planar_chain.c``,
-  built on first use by :mod:`flowbook.native`): one loop over examples and layers, forward and
+* per-example (amortized, §4.2) parameters on a CPU go to C kernels (``flowbook/kernels/csrc/planar_chain.c``,
+  built on first use by :mod:`flowbook.kernels.native`): one loop over examples and layers, forward and
   backward, with no per-layer tensor operations at all. The forward keeps only tanh a_k; the backward
   rebuilds each example's z_0 … z_{K−1} from it in a small scratch buffer that stays in cache. For
   K = 80, D = 40, batch 100 this is several times faster again than the loop below
@@ -39,14 +41,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowbook import native
-from flowbook.flows import _check_planar, _planar_log_det, _planar_scale
+from flowbook.flowmath import check_planar, planar_log_det, planar_scale
+from flowbook.kernels import native
 
-__all__ = ["planar_chain"]
+__all__ = ["planar_chain", "kernel_usable"]
 
 _NO_DOUBLE_BACKWARD = ("planar_chain's backward is not differentiable (create_graph=True was asked for, e.g. "
-                       "for a Hessian or a gradient penalty); use flowbook.flows.planar, or "
-                       "Planar(..., fused=False), which supports double backward")
+                       "for a Hessian or a gradient penalty); use flowbook.flows.planar_chain(..., impl='autograd') or "
+                       "Planar(..., impl='autograd'), which supports double backward")
 
 
 class _PlanarChain(torch.autograd.Function):
@@ -63,7 +65,7 @@ class _PlanarChain(torch.autograd.Function):
         batch, D = z.shape
         # the constraint of Appendix A, û = u + s·w, exactly as planar_constrain computes it
         wu, w2 = torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w)
-        scale, one_plus_wu_hat = _planar_scale(wu, w2)
+        scale, one_plus_wu_hat = planar_scale(wu, w2)
         u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)
         # Every per-layer slice the loops touch is made contiguous, layer-major: Z[k] = z_k, the input of
         # layer k + 1, and the per-example parameters as (K, batch, D). On a CPU an operation on a
@@ -127,7 +129,7 @@ class _PlanarChain(torch.autograd.Function):
         g_scale = torch.linalg.vecdot(g_u_hat, w)
         with torch.enable_grad():
             wu, w2 = wu.detach().requires_grad_(), w2.detach().requires_grad_()
-            g_wu, g_w2 = torch.autograd.grad(_planar_scale(wu, w2), (wu, w2), (g_scale, g_one_plus))
+            g_wu, g_w2 = torch.autograd.grad(planar_scale(wu, w2), (wu, w2), (g_scale, g_one_plus))
         g_u = torch.addcmul(g_u_hat, g_wu.unsqueeze(-1), w)
         g_w.addcmul_(g_u_hat, scale.unsqueeze(-1)).addcmul_(g_wu.unsqueeze(-1), u)
         g_w.addcmul_(g_w2.unsqueeze(-1), w, value=2.0)
@@ -136,11 +138,11 @@ class _PlanarChain(torch.autograd.Function):
 
 class _PlanarChainNative(torch.autograd.Function):
     """(z_0, raw u, w, b) ↦ (z_K, a, 1 + wᵀû) with per-example parameters, by the C kernels of
-    ``flowbook/csrc/planar_chain.c`` (see :mod:`flowbook.native`); a is (batch, K).
+    ``flowbook/kernels/csrc/planar_chain.c`` (see :mod:`flowbook.kernels.native`); a is (batch, K).
 
     The same split as :class:`_PlanarChain`: the C code does everything of size (batch, K, D), while
     the constraint's scalar map (wᵀu, ‖w‖²) ↦ (s, 1 + wᵀû) and its derivative are the reference's
-    :func:`flowbook.flows._planar_scale`, run by PyTorch on (batch, K) tensors.
+    :func:`flowbook.flowmath.planar_scale`, run by PyTorch on (batch, K) tensors.
     """
 
     @staticmethod
@@ -150,7 +152,7 @@ class _PlanarChainNative(torch.autograd.Function):
         batch, K, D = u.shape
         wu, w2 = z.new_empty(batch, K), z.new_empty(batch, K)
         lib.planar_dots(batch * K, D, u.data_ptr(), w.data_ptr(), wu.data_ptr(), w2.data_ptr())
-        scale, one_plus_wu_hat = _planar_scale(wu, w2)
+        scale, one_plus_wu_hat = planar_scale(wu, w2)
         scale = scale.contiguous()
         z_out, a, t = z.new_empty(batch, D), z.new_empty(batch, K), z.new_empty(batch, K)
         lib.planar_forward(batch, K, D, z.data_ptr(), u.data_ptr(), w.data_ptr(), b.data_ptr(),
@@ -173,7 +175,7 @@ class _PlanarChainNative(torch.autograd.Function):
                             g_w.data_ptr(), g_b.data_ptr(), g_scale.data_ptr(), work.data_ptr())
         with torch.enable_grad():
             wu, w2 = wu.detach().requires_grad_(), w2.detach().requires_grad_()
-            g_wu, g_w2 = torch.autograd.grad(_planar_scale(wu, w2), (wu, w2), (g_scale, g_one_plus))
+            g_wu, g_w2 = torch.autograd.grad(planar_scale(wu, w2), (wu, w2), (g_scale, g_one_plus))
         g_wu, g_w2 = g_wu.contiguous(), g_w2.contiguous()
         lib.planar_finish(batch * K, D, u.data_ptr(), w.data_ptr(), g_wu.data_ptr(), g_w2.data_ptr(),
                           g_u.data_ptr(), g_w.data_ptr())
@@ -183,7 +185,9 @@ class _PlanarChainNative(torch.autograd.Function):
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _use_native(z: Tensor) -> bool:
+def kernel_usable(z: Tensor) -> bool:
+    """Whether the compiled kernel can run a chain on ``z``: float32 or float64 on a CPU, and the kernel
+    built here (:func:`flowbook.kernels.native.status` says why not)."""
     return z.device.type == "cpu" and z.dtype in _DTYPES and native.load("planar_chain", _DTYPES[z.dtype]) is not None
 
 
@@ -194,12 +198,12 @@ def planar_chain(z: Tensor, u: Tensor, w: Tensor, b: Tensor, compiled: bool | No
     hand-written backward described in this module's docstring. Returns ``(z_K, log_det)``.
 
     ``compiled``: None (default) sends per-example parameters in float32 or float64 on a CPU to the
-    compiled kernel when one can be built (:func:`flowbook.native.status`), and everything else to the
+    compiled kernel when one can be built (:func:`flowbook.kernels.native.status`), and everything else to the
     PyTorch loop; False always runs the PyTorch loop; True requires the kernel (and raises if it cannot
     be used, saying why)."""
-    _check_planar(z, u, w, b, "planar_chain")
+    check_planar(z, u, w, b, "planar_chain")
     per_example = u.dim() == 3 or w.dim() == 3 or b.dim() == 2
-    if compiled and not (per_example and _use_native(z)):
+    if compiled and not (per_example and kernel_usable(z)):
         raise RuntimeError("planar_chain(compiled=True): the compiled kernel takes per-example (batch, K, D) "
                            "parameters in float32 or float64 on the CPU; here: "
                            f"{'per-example' if per_example else 'shared'} parameters, {z.dtype} on {z.device}; "
@@ -208,8 +212,8 @@ def planar_chain(z: Tensor, u: Tensor, w: Tensor, b: Tensor, compiled: bool | No
     if per_example:  # broadcast any shared parameter
         batch, (K, D) = z.shape[0], u.shape[-2:]
         u, w, b = u.expand(batch, K, D), w.expand(batch, K, D), b.expand(batch, K)
-        if compiled is not False and _use_native(z):
+        if compiled is not False and kernel_usable(z):
             z_out, a, one_plus_wu_hat = _PlanarChainNative.apply(z, u, w, b)
-            return z_out, _planar_log_det(a, one_plus_wu_hat)
+            return z_out, planar_log_det(a, one_plus_wu_hat)
     z_out, a, one_plus_wu_hat = _PlanarChain.apply(z, u, w, b)
-    return z_out, _planar_log_det(a.t(), one_plus_wu_hat)
+    return z_out, planar_log_det(a.t(), one_plus_wu_hat)

@@ -1,0 +1,101 @@
+"""Formulas shared by the reference flows (:mod:`flowbook.flows`) and the fast planar kernels
+(:mod:`flowbook.kernels`), written once so that both compute the same map.
+
+* input checks: every public flow entry point says what was wrong and what to do;
+* the scalar part of the planar constraint of Appendix A, (wᵀu, ‖w‖²) ↦ (s, 1 + wᵀû) with
+  û = u + s·w (:func:`planar_scale`);
+* the planar log-det Σ_k ln|1 + h′(a_k)·w_kᵀû_k| of eq. 12 (:func:`planar_log_det`).
+
+This module imports nothing from ``flowbook``, so the kernels can use it without importing
+:mod:`flowbook.flows`, which dispatches to them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["check_z", "check_param", "check_planar", "num_layers", "identity", "planar_scale", "planar_log_det"]
+
+
+def check_z(z: Tensor, dim: int | None, where: str) -> None:
+    """``z`` must be a floating-point (batch, dim) tensor (with ``dim`` features when given)."""
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{where}: z must be a torch.Tensor of shape (batch, dim), got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(f"{where}: z has dtype {z.dtype}; flows need floating point, e.g. z.float() or z.double()")
+    if z.dim() != 2:
+        raise ValueError(f"{where}: z must have shape (batch, dim), got {tuple(z.shape)}; "
+                         "reshape it, e.g. z.reshape(-1, dim)")
+    if dim is not None and z.shape[-1] != dim:
+        raise ValueError(f"{where}: z has {z.shape[-1]} features but the flow has dim={dim}")
+
+
+def check_param(z: Tensor, p: Tensor, name: str, trailing: tuple[int, ...], where: str) -> None:
+    """``p`` must be (K, *trailing) or (batch, K, *trailing), on z's device and dtype."""
+    if not isinstance(p, Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(p).__name__}")
+    if p.dtype != z.dtype:
+        raise TypeError(f"{where}: {name} has dtype {p.dtype} but z has {z.dtype}; cast one of them "
+                        f"(e.g. z.to({p.dtype}) or module.to({z.dtype}))")
+    if p.device != z.device:
+        raise ValueError(f"{where}: {name} is on {p.device} but z is on {z.device}; move them to one device "
+                         f"(e.g. z.to('{p.device}') or module.to('{z.device}'))")
+    nt = len(trailing)
+    shape_ok = p.dim() in (1 + nt, 2 + nt) and tuple(p.shape[p.dim() - nt:]) == trailing
+    if shape_ok and p.dim() == 2 + nt and p.shape[0] != z.shape[0]:
+        shape_ok = False
+    if not shape_ok:
+        want = ", ".join(str(t) for t in trailing)
+        sep = ", " if want else ""
+        raise ValueError(f"{where}: {name} must have shape (K{sep}{want}) or (batch={z.shape[0]}, K{sep}{want}), "
+                         f"got {tuple(p.shape)}")
+
+
+def num_layers(p: Tensor, trailing: int) -> int:
+    """K, the layer axis' length of a (K, …) or (batch, K, …) parameter with ``trailing`` axes after K."""
+    return p.shape[p.dim() - trailing - 1]
+
+
+def identity(z: Tensor) -> tuple[Tensor, Tensor]:
+    """K = 0 layers: the identity map, whose log-det is 0 for every example (shape (batch,), as for K ≥ 1)."""
+    return z, z.new_zeros(z.shape[0])
+
+
+def check_planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor, where: str) -> None:
+    """The arguments of a planar chain: z (batch, D); u, w (K, D) or (batch, K, D); b (K,) or (batch, K)."""
+    check_z(z, None, where)
+    D = z.shape[-1]
+    check_param(z, u, "u", (D,), where)
+    check_param(z, w, "w", (D,), where)
+    check_param(z, b, "b", (), where)
+    if not (num_layers(u, 1) == num_layers(w, 1) == num_layers(b, 0)):
+        raise ValueError(f"{where}: u, w and b disagree on the number of layers K: "
+                         f"{tuple(u.shape)}, {tuple(w.shape)}, {tuple(b.shape)}")
+
+
+def planar_scale(wu: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
+    """From wᵀu and ‖w‖², the scalar s of û = u + s·w and 1 + wᵀû (Appendix A; see
+    :func:`flowbook.flows.planar_constrain`)."""
+    # ‖w‖² below √(smallest normal) counts as w = 0: the correction's gradient grows as 1/‖w‖², which
+    # would overflow there, while the correction itself (≈ ‖u‖·‖w‖ < 10⁻¹⁹·‖u‖) is below rounding.
+    nonzero = w2 > math.sqrt(torch.finfo(w2.dtype).tiny)
+    # where() on the denominator (not on the quotient) keeps the gradient finite at w = 0.
+    w2_safe = torch.where(nonzero, w2, torch.ones_like(w2))
+    softplus = F.softplus(wu)
+    scale = torch.where(nonzero, (softplus - 1.0 - wu) / w2_safe, torch.zeros_like(wu))
+    return scale, torch.where(nonzero, softplus, 1.0 + wu)
+
+
+def planar_log_det(a: Tensor, one_plus_wu_hat: Tensor) -> Tensor:
+    """ln(1 + h′(a)·wᵀû) for h = tanh, summed over the layer axis (the last one) (eq. 12).
+
+    Written as ln(tanh²a + sech²a·(1 + wᵀû)): both terms are ≥ 0, so nothing cancels even when
+    wᵀû is within rounding of −1. The floor at the smallest normal number only matters where the
+    map is singular in floating point (tanh a = 0 and softplus(wᵀu) underflows).
+    """
+    t2 = torch.tanh(a).square()
+    det = t2 + (1.0 - t2) * one_plus_wu_hat
+    return torch.log(det.clamp_min(torch.finfo(det.dtype).tiny)).sum(-1)
