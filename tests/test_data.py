@@ -1,4 +1,4 @@
-"""Tests for flowbook.data: fast ones on tiny synthetic files, and checks of the real data root when
+"""Tests for flowbook.data (the package and its modules): fast ones on tiny synthetic files, and checks of the real data root when
 ``FLOWBOOK_DATA`` (or the default root) holds the files built by get_datasets.sh."""
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from flowbook import data
+from flowbook.data import cifar10 as data_cifar10
+from flowbook.data import files as data_files
+from flowbook.data import mnist as data_mnist
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -30,10 +33,10 @@ def tiny_mnist(tmp_path, monkeypatch):
               ("x_test", rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)),
               ("y_test", rng.integers(0, 10, 4, dtype=np.uint8))]
     path = tmp_path / "mnist.npz"
-    data._write_npz(path, arrays)
-    monkeypatch.setattr(data, "MNIST_SHAPES", {k: v.shape for k, v in arrays})
-    monkeypatch.setattr(data, "MNIST_NPZ_SHA256", _sha(path))
-    monkeypatch.setattr(data, "BINARIZED_SIZES", {"train": 8, "valid": 4, "test": 4})
+    data_files.write_npz(path, arrays)
+    monkeypatch.setattr(data_mnist, "MNIST_SHAPES", {k: v.shape for k, v in arrays})
+    monkeypatch.setattr(data_mnist, "MNIST_NPZ_SHA256", _sha(path))
+    monkeypatch.setattr(data_mnist, "BINARIZED_SIZES", {"train": 8, "valid": 4, "test": 4})
     return tmp_path, dict(arrays)
 
 
@@ -47,15 +50,15 @@ def tiny_cifar(tmp_path, monkeypatch):
               ("x_test", rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)),
               ("y_test", rng.integers(0, 10, 3, dtype=np.uint8))]
     path = tmp_path / "cifar10.npz"
-    data._write_npz(path, arrays)
+    data_files.write_npz(path, arrays)
     (tmp_path / ".verified-sha256").write_text(f"{_sha(path)}  cifar10.npz\n")
-    monkeypatch.setattr(data, "CIFAR10_SHAPES", {k: v.shape for k, v in arrays})
+    monkeypatch.setattr(data_cifar10, "CIFAR10_SHAPES", {k: v.shape for k, v in arrays})
     return tmp_path, dict(arrays)
 
 
 def _real_root() -> Path | None:
     root = Path(os.environ["FLOWBOOK_DATA"]) if os.environ.get("FLOWBOOK_DATA") else \
-        Path(data.__file__).resolve().parent.parent / "data" / "datasets"
+        Path(data_files.__file__).resolve().parents[2] / "data" / "datasets"
     return root if (root / "mnist.npz").is_file() else None
 
 
@@ -77,8 +80,8 @@ def test_data_root_order(tmp_path, monkeypatch):
 
 def test_npz_writer_is_byte_reproducible(tmp_path):
     a = [("x", np.arange(12, dtype=np.uint8).reshape(3, 4))]
-    data._write_npz(tmp_path / "a.npz", a)
-    data._write_npz(tmp_path / "b.npz", a)
+    data_files.write_npz(tmp_path / "a.npz", a)
+    data_files.write_npz(tmp_path / "b.npz", a)
     assert _sha(tmp_path / "a.npz") == _sha(tmp_path / "b.npz")
     with np.load(tmp_path / "a.npz") as z:
         np.testing.assert_array_equal(z["x"], a[0][1])
@@ -117,7 +120,7 @@ def test_corrupt_file_error(tiny_mnist):
 
 def test_wrong_shape_error(tiny_mnist, monkeypatch):
     root, _ = tiny_mnist
-    monkeypatch.setattr(data, "MNIST_SHAPES", {**data.MNIST_SHAPES, "x_train": (60000, 28, 28)})
+    monkeypatch.setattr(data_mnist, "MNIST_SHAPES", {**data_mnist.MNIST_SHAPES, "x_train": (60000, 28, 28)})
     with pytest.raises(data.DataFileError, match=r"x_train is uint8 \(12, 28, 28\), expected uint8 \(60000, 28, 28\)"):
         data.load_mnist("train", root, download=False)
 
@@ -154,15 +157,15 @@ def test_binarized_mnist_sampled_tiny(tiny_mnist, monkeypatch):
     root, arrays = tiny_mnist
     assert data.binarized_mnist_source(root) == f"sampled-seed-{data.BINARIZATION_SEED}"
     # the recorded checksum is that of the real build, so the tiny build must be rejected ...
-    with pytest.raises(data.DataFileError, match=data._sampled_name(data.BINARIZATION_SEED)):
+    with pytest.raises(data.DataFileError, match=data_mnist._sampled_name(data.BINARIZATION_SEED)):
         data.binarized_mnist("train", root, download=False)
-    path = root / data._sampled_name(data.BINARIZATION_SEED)
+    path = root / data_mnist._sampled_name(data.BINARIZATION_SEED)
     built = _sha(path)
     # ... and a rebuild from scratch reproduces its bytes exactly
     path.unlink()
-    data._build_sampled(root, data.BINARIZATION_SEED, download=False)
+    data_mnist._build_sampled(root, data.BINARIZATION_SEED, download=False)
     assert _sha(path) == built
-    monkeypatch.setattr(data, "BINARIZED_SAMPLED_SHA256", built)
+    monkeypatch.setattr(data_mnist, "BINARIZED_SAMPLED_SHA256", built)
     splits = {s: data.binarized_mnist(s, root, download=False) for s in ("train", "valid", "test")}
     assert {s: tuple(x.shape) for s, x in splits.items()} == {"train": (8, 784), "valid": (4, 784), "test": (4, 784)}
     for x in splits.values():
@@ -180,7 +183,7 @@ def _write_amat(path: Path, b: np.ndarray) -> None:
 def test_binarized_mnist_larochelle_tiny(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     sizes = {"train": 5, "valid": 3, "test": 2}
-    monkeypatch.setattr(data, "BINARIZED_SIZES", sizes)
+    monkeypatch.setattr(data_mnist, "BINARIZED_SIZES", sizes)
     content, shas = {}, {}
     for i, (split, n) in enumerate(sizes.items()):
         content[split] = rng.integers(0, 2, (n, 784), dtype=np.uint8)
@@ -191,12 +194,12 @@ def test_binarized_mnist_larochelle_tiny(tmp_path, monkeypatch):
         if i == 0:  # only one file present: auto must refuse to mix binarizations
             with pytest.raises(data.DataFileError, match="only some"):
                 data.binarized_mnist_source(tmp_path)
-    monkeypatch.setattr(data, "LAROCHELLE_SHA256", shas)
+    monkeypatch.setattr(data_mnist, "LAROCHELLE_SHA256", shas)
     assert data.binarized_mnist_source(tmp_path) == "larochelle-murray"
     for split in sizes:
         x = data.binarized_mnist(split, tmp_path, download=False)
         np.testing.assert_array_equal(x.numpy(), content[split].astype(np.float32))
-    monkeypatch.setattr(data, "LAROCHELLE_SHA256", {**shas, "test": "0" * 64})
+    monkeypatch.setattr(data_mnist, "LAROCHELLE_SHA256", {**shas, "test": "0" * 64})
     with pytest.raises(data.DataFileError, match="binarized_mnist_test.amat"):
         data.binarized_mnist("test", tmp_path, download=False)
 
@@ -340,6 +343,6 @@ def test_torchvision_fallback_caches_the_reference_bytes(tmp_path):
     # the online path (torchvision reads the idx files, we cache mnist.npz) writes the same bytes as
     # get_datasets.sh; the idx files are linked in so that nothing is downloaded
     (tmp_path / "mnist-idx").symlink_to(REAL / "mnist-idx")
-    data._link_mnist_idx(tmp_path)
-    path = data._mnist_from_torchvision(tmp_path)
+    data_mnist._link_mnist_idx(tmp_path)
+    path = data_mnist._mnist_from_torchvision(tmp_path)
     assert _sha(path) == data.MNIST_NPZ_SHA256
