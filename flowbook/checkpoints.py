@@ -1,7 +1,9 @@
 """Checkpoints of a training run, for every dataset: naming, atomic saves, resumption, leftovers.
 
 A checkpoint holds the parameters, the optimizer state, the noise generator's state, the update count and
-the training log of a run of Algorithm 1 (:func:`flowbook.train.train`). It is written atomically (a
+the training log of a run: of Algorithm 1 (:func:`flowbook.train.train`, MNIST and CIFAR-10) or of the 2-D
+fits (:func:`flowbook.experiments2d.train`). It is named after its configuration
+(:meth:`flowbook.runner.RunConfig.checkpoint_stem` and the digest). It is written atomically (a
 per-process temporary, fsynced, then renamed), so a run killed at any moment (even with ``kill -9``)
 leaves the previous checkpoint intact; temporaries of killed saves are removed at the next start. A
 checkpoint that cannot be read, or whose stored config is not the command's, is refused with a
@@ -14,6 +16,7 @@ import json
 import os
 import re
 from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,15 +24,17 @@ import torch
 
 from .results import ensure_writable_dir
 
-if TYPE_CHECKING:  # the config class lives in flowbook.train, which imports this module
-    from .train import TrainConfig
+if TYPE_CHECKING:  # flowbook.runner imports this module
+    from .runner import RunConfig
 
-__all__ = ["CheckpointError", "RESTART_HINT", "checkpoint_path", "prepare_ckpt_dir", "remove_dead_temporaries",
-           "load_checkpoint", "save_atomic", "first_line"]
+__all__ = ["CheckpointError", "RESTART_HINT", "checkpoint_path", "legacy_checkpoint_path", "find_checkpoint",
+           "prepare_ckpt_dir", "remove_dead_temporaries", "open_checkpoint", "load_checkpoint", "save_atomic",
+           "first_line"]
 
 #: What a refused checkpoint's message tells the user to do.
 RESTART_HINT = "delete it, or run the same command with --restart (restart=True in train()) to start over"
-#: The keys every checkpoint holds (``valid_log`` and ``best`` came later and may be absent).
+#: The keys every checkpoint of :func:`flowbook.train.train` holds (``valid_log`` and ``best`` came later and
+#: may be absent).
 KEYS = ("config", "step", "model", "optim", "noise", "log", "log_acc", "log_acc_n", "train_seconds")
 
 
@@ -43,14 +48,29 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def checkpoint_path(cfg: TrainConfig, ckpt_dir: str | Path) -> Path:
-    """``<ckpt_dir>/<prefix>_<mode>[_<label>]_<rows>_<digest>.pt``, e.g. ``mnist_stored_planar80_1e13cfaad81e.pt``.
+def checkpoint_path(cfg: RunConfig, ckpt_dir: str | Path) -> Path:
+    """``<ckpt_dir>/<stem>_<digest>.pt``, e.g. ``mnist_stored_planar80_1e13cfaad81e.pt``.
 
-    The prefix is the config's :attr:`~flowbook.train.TrainConfig.checkpoint_prefix`; the digest
-    (:meth:`~flowbook.train.TrainConfig.digest`) makes every training configuration its own file."""
-    rows = "-".join("diagonal" if k == 0 else f"{f}{k}" for f, k in cfg.rows)
-    label = f"_{cfg.label.replace(' ', '-')}" if cfg.label else ""
-    return Path(ckpt_dir) / f"{cfg.checkpoint_prefix}_{cfg.mode}{label}_{rows}_{cfg.digest()}.pt"
+    The stem (:meth:`~flowbook.runner.RunConfig.checkpoint_stem`) names the dataset and the run; the digest
+    (:meth:`~flowbook.runner.RunConfig.digest`) makes every training configuration its own file."""
+    return Path(ckpt_dir) / f"{cfg.checkpoint_stem()}_{cfg.digest()}.pt"
+
+
+def legacy_checkpoint_path(cfg: RunConfig, ckpt_dir: str | Path) -> Path | None:
+    """The name an earlier version gave the checkpoint of ``cfg``, for a configuration whose names changed
+    (it has a ``legacy_checkpoint_stem()``, e.g. :meth:`flowbook.cifar.CifarConfig.legacy_checkpoint_stem`);
+    None for the others."""
+    legacy = getattr(cfg, "legacy_checkpoint_stem", None)
+    return Path(ckpt_dir) / f"{legacy()}_{cfg.digest()}.pt" if legacy is not None else None
+
+
+def find_checkpoint(cfg: RunConfig, ckpt_dir: str | Path) -> Path:
+    """The checkpoint file of ``cfg``: :func:`checkpoint_path`, or its legacy name when only that exists.
+
+    A run that began under the legacy name goes on in that file (it is read and saved in place, never
+    renamed), so a process of the earlier version still writing it is not disturbed."""
+    path, legacy = checkpoint_path(cfg, ckpt_dir), legacy_checkpoint_path(cfg, ckpt_dir)
+    return legacy if legacy is not None and legacy.exists() and not path.exists() else path
 
 
 def prepare_ckpt_dir(ckpt_dir: str | Path) -> Path:
@@ -94,16 +114,34 @@ def _train_fields(config: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("eval_")}))
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
+def open_checkpoint(cfg: RunConfig, ckpt_dir: str | Path, *, restart: bool = False,
+                    device: str | torch.device = "cpu", keys: Sequence[str] = KEYS) -> tuple[Path, dict[str, Any] | None]:
+    """Where a run of ``cfg`` checkpoints, and the state to resume from (None: start at update 0).
+
+    Called before any data loads, so that a bad directory or checkpoint fails at once: the directory is
+    created and checked (:func:`prepare_ckpt_dir`), temporaries of killed saves are removed, and with
+    ``restart`` the checkpoint (under either name) is deleted; an existing one is read by
+    :func:`load_checkpoint`."""
+    remove_dead_temporaries(prepare_ckpt_dir(ckpt_dir))
+    if restart:
+        for old in (checkpoint_path(cfg, ckpt_dir), legacy_checkpoint_path(cfg, ckpt_dir)):
+            if old is not None:
+                old.unlink(missing_ok=True)
+    path = find_checkpoint(cfg, ckpt_dir)
+    return path, load_checkpoint(path, cfg, device, keys) if path.exists() else None
+
+
+def load_checkpoint(path: Path, cfg: RunConfig, device: str | torch.device = "cpu",
+                    keys: Sequence[str] = KEYS) -> dict[str, Any]:
     """Read a checkpoint of ``cfg``; raise :class:`CheckpointError` naming the file when it cannot be
-    read or was written by another training configuration (its ``config`` is compared field by field,
-    not only through the digest in its name; evaluation settings may differ)."""
+    read, lacks one of ``keys``, or was written by another training configuration (its ``config`` is
+    compared field by field, not only through the digest in its name; evaluation settings may differ)."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # truncated, random or empty files fail in torch/pickle with many types
         raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({first_line(err)}); "
                               f"{RESTART_HINT}") from err
-    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is damaged or not a flowbook checkpoint (it lacks {missing}); "
                               f"{RESTART_HINT}")

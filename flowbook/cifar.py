@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,9 +68,6 @@ class CifarConfig(TrainConfig):
     """A :class:`flowbook.train.TrainConfig` for CIFAR-10 patches: the same optimizer, annealing and
     evaluation fields, plus the data fields the MNIST trainer does not have; as the runner's
     configuration (:mod:`flowbook.runner`) it names the ``cifar10_*`` results and gives the patches."""
-    #: The checkpoints keep the prefix they had when the MNIST trainer named every checkpoint, so that the
-    #: Table 3 runs resume from their files (which live in their own ``--ckpt-dir``, data/checkpoints/cifar10).
-    checkpoint_prefix: ClassVar[str] = "mnist"
     rows: tuple[tuple[str, int], ...] = tuple(("planar", K) for K in KS)
     likelihood: str = "logit_normal"
     data_dim: int = PATCH_DIM
@@ -93,6 +90,18 @@ class CifarConfig(TrainConfig):
         """``cifar10_<mode>[_<label>]_K<K>``: the result (and weights) name of one row (all rows are planar)."""
         label = f"_{self.label.replace(' ', '-')}" if self.label else ""
         return f"cifar10_{self.mode}{label}_K{K}"
+
+    def checkpoint_stem(self) -> str:
+        """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``:
+        the checkpoint's name before its digest (all rows are planar)."""
+        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
+        return f"cifar10_{self.mode}{label}_K{'-'.join(str(K) for _, K in self.rows)}"
+
+    def legacy_checkpoint_stem(self) -> str:
+        """The stem of the checkpoints written before they were named after their dataset, e.g.
+        ``mnist_stored_planar10``: a run that began under it resumes from that file
+        (:func:`flowbook.checkpoints.find_checkpoint`)."""
+        return self._rows_stem("mnist")
 
     def training_data(self) -> Tensor:
         """:func:`train_data`."""

@@ -1,12 +1,16 @@
-"""The runner every DLGM experiment goes through: device choice, the command-line training step (checkpoints,
-resumption, exit statuses), and the results (float16 weights, evaluation, provenance, no silent overwrite).
+"""The runner every experiment goes through: device choice, the command-line training step (checkpoints,
+resumption, exit statuses), and the results (provenance, no silent overwrite; for the DLGMs also float16
+weights and the test-set evaluation).
 
-A dataset is a configuration of it: a :class:`flowbook.train.TrainConfig` (binarized MNIST, Table 2) or a
-subclass (:class:`flowbook.cifar.CifarConfig`, CIFAR-10 patches, Table 3) says how its files are named
-(:meth:`~flowbook.train.TrainConfig.result_name`, :attr:`~flowbook.train.TrainConfig.checkpoint_prefix`),
-which data it trains and is tested on, and how a row is evaluated
-(:meth:`~flowbook.train.TrainConfig.row_metrics`, the paper's §6.2 protocol). Training itself is
-Algorithm 1 in :func:`flowbook.train.train`; checkpoints are :mod:`flowbook.checkpoints`.
+An experiment is a configuration of it (:class:`RunConfig`): a :class:`flowbook.train.TrainConfig`
+(binarized MNIST, Table 2), its subclass :class:`flowbook.cifar.CifarConfig` (CIFAR-10 patches, Table 3)
+or a :class:`flowbook.experiments2d.FitConfig` (the 2-D energies, Figure 3) says how its files are named
+(:meth:`~flowbook.train.TrainConfig.result_name`, :meth:`~RunConfig.checkpoint_stem`) and which of a
+stored result's fields trained it (:meth:`~RunConfig.trained_config`). A DLGM configuration also gives
+the data it trains and is tested on and how a row is evaluated
+(:meth:`~flowbook.train.TrainConfig.row_metrics`, the paper's §6.2 protocol); its training is Algorithm 1
+in :func:`flowbook.train.train`, the 2-D fits' is :func:`flowbook.experiments2d.train`. Checkpoints are
+:mod:`flowbook.checkpoints`; every result is written by :func:`write_result`.
 
 Exit statuses of the commands: 0 done, 2 refused (bad option, damaged or foreign checkpoint, a stored
 result of another configuration), 3 stopped by ``--max-minutes`` after checkpointing (run the same command
@@ -22,19 +26,36 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, checkpoint_path, first_line, load_checkpoint
+from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
 from .results import describe_device, save_result
 
 if TYPE_CHECKING:  # flowbook.train imports this module
     from .train import Run, TrainConfig
 
-__all__ = ["pick_device", "config_digest", "refuse_overwrite", "refuse_stored_results", "command_line",
-           "train_command", "load_finished_run", "finish"]
+__all__ = ["RunConfig", "pick_device", "config_digest", "refuse_overwrite", "refuse_stored_results", "write_result",
+           "command_line", "train_command", "load_finished_run", "finish"]
+
+
+class RunConfig(Protocol):
+    """What the runner needs of an experiment's configuration (a frozen dataclass whose fields are
+    everything its result depends on)."""
+
+    def digest(self) -> str:
+        """:func:`config_digest` of the fields: a checkpoint or stored result belongs to this run only if
+        its digest is this."""
+
+    def checkpoint_stem(self) -> str:
+        """The checkpoint's name before its digest, e.g. ``mnist_stored_planar80``."""
+
+    @staticmethod
+    def trained_config(result_config: dict) -> dict:
+        """The fields of this configuration in a stored result's ``config`` (KeyError or TypeError when
+        they are not there), to compare with :meth:`digest`."""
 
 
 def pick_device(name: str | None = "auto") -> torch.device:
@@ -52,13 +73,13 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def refuse_overwrite(path: Path, cfg: TrainConfig, overwrite: bool) -> None:
+def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool) -> None:
     """Raise FileExistsError if ``path`` holds a result of another training configuration (unless
     ``overwrite``): a run never silently replaces a stored result it did not produce."""
     if overwrite or not path.exists():
         return
     try:
-        stored = json.loads(path.read_text())["config"]["train"]
+        stored = cfg.trained_config(json.loads(path.read_text())["config"])
     except (ValueError, KeyError, TypeError):
         stored = None
     if not isinstance(stored, dict) or config_digest(stored) != cfg.digest():
@@ -72,6 +93,18 @@ def refuse_stored_results(cfg: TrainConfig, out_dir: str | Path, overwrite: bool
     for path in paths:
         refuse_overwrite(path, cfg, overwrite)
     return paths
+
+
+def write_result(name: str, cfg: RunConfig, *, out_dir: str | Path, config: dict[str, Any], metrics: dict[str, Any],
+                 device: str | torch.device, wall_time_s: float, command: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write ``<out_dir>/<name>.json`` with provenance (:func:`flowbook.results.save_result`: command,
+    commit, device, date, wall time, ``config``), unless it holds a result of another configuration
+    (:func:`refuse_overwrite`, FileExistsError); returns its path. ``config`` must hold ``cfg``'s fields
+    where :meth:`~RunConfig.trained_config` looks for them, so that the next run recognizes the file."""
+    refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite)
+    return save_result(name, config=config, metrics=metrics, device=device, command=command,
+                       wall_time_s=wall_time_s, directory=out_dir)
 
 
 def command_line(prog: str, argv: list[str]) -> str:
@@ -105,7 +138,7 @@ def train_command(cfg: TrainConfig, args: argparse.Namespace, *, prog: str, eval
         print(error + str(err), file=sys.stderr)
         return 2
     if not run.finished:
-        print(f"stopped at update {run.step}/{cfg.updates}; checkpoint {checkpoint_path(cfg, args.ckpt_dir)}; "
+        print(f"stopped at update {run.step}/{cfg.updates}; checkpoint {find_checkpoint(cfg, args.ckpt_dir)}; "
               "run the same command again to resume")
         return 3  # distinct from success, so a driver script knows to call again
     print(f"trained {len(cfg.rows)} row(s) for {cfg.updates} updates on {describe_device(device)} "
@@ -118,7 +151,7 @@ def load_finished_run(cfg: TrainConfig, ckpt_dir: str | Path, device: str | torc
     (naming the file and the fix) when there is none, it is damaged or foreign, or training is not done."""
     from .train import Run, build_model
 
-    path = checkpoint_path(cfg, ckpt_dir)
+    path = find_checkpoint(cfg, ckpt_dir)
     if not path.exists():
         raise CheckpointError(f"no checkpoint {path}: train this configuration first (same options)")
     state = load_checkpoint(path, cfg, device)
@@ -170,10 +203,10 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         if best is not None:
             metrics["best_valid_free_energy"] = best["free_energy"]
         if out_dir is not None:
-            save_result(name, config=_result_config(run, r, row.config.to_dict(), data, device,
-                                                    f"data/weights/{name}.pt" if weights_dir is not None else None),
-                        metrics=metrics, device=device, command=command,
-                        wall_time_s=run.train_seconds + metrics["eval_seconds"], directory=out_dir)
+            write_result(name, cfg, out_dir=out_dir, metrics=metrics, device=device, command=command,
+                         config=_result_config(run, r, row.config.to_dict(), data, device,
+                                               f"data/weights/{name}.pt" if weights_dir is not None else None),
+                         wall_time_s=run.train_seconds + metrics["eval_seconds"], overwrite=overwrite)
         out[name] = metrics
     return out
 

@@ -29,14 +29,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import data as fdata
-from .checkpoints import (RESTART_HINT, CheckpointError, checkpoint_path, first_line, load_checkpoint,
-                          prepare_ckpt_dir, remove_dead_temporaries, save_atomic)
+from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpoint, save_atomic
 from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
@@ -50,12 +49,10 @@ __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "bu
 class TrainConfig:
     """Everything that determines a run's result (it is stored in every checkpoint and result).
 
-    It is also binarized MNIST's configuration of the runner (:mod:`flowbook.runner`): its methods name
-    the files and give the data and the evaluation of Table 2; :class:`flowbook.cifar.CifarConfig`
-    overrides them for Table 3. Methods and class variables are not fields, so they never change
-    :meth:`digest`."""
-    #: The first part of this dataset's checkpoint names, e.g. ``mnist_stored_planar80_1e13cfaad81e.pt``.
-    checkpoint_prefix: ClassVar[str] = "mnist"
+    It is also binarized MNIST's configuration of the runner (:class:`flowbook.runner.RunConfig`): its
+    methods name the files and give the data and the evaluation of Table 2;
+    :class:`flowbook.cifar.CifarConfig` overrides them for Table 3. Methods are not fields, so they never
+    change :meth:`digest`."""
     rows: tuple[tuple[str, int], ...] = (("planar", 0),)
     mode: str = "fast"
     updates: int = 2000
@@ -86,6 +83,21 @@ class TrainConfig:
         """A short hash of what training depends on: a checkpoint resumes only the run it belongs to
         (the evaluation settings are left out, so a trained run can be evaluated again differently)."""
         return config_digest(asdict(self))
+
+    @staticmethod
+    def trained_config(result_config: dict) -> dict:
+        """The training config in a result's ``config`` (:func:`flowbook.runner.finish` stores it as ``train``)."""
+        return result_config["train"]
+
+    def checkpoint_stem(self) -> str:
+        """``mnist_<mode>[_<label>]_<rows>``, e.g. ``mnist_stored_planar80`` (``diagonal`` for K = 0): the
+        checkpoint's name before its digest (:func:`flowbook.checkpoints.checkpoint_path`)."""
+        return self._rows_stem("mnist")
+
+    def _rows_stem(self, prefix: str) -> str:
+        rows = "-".join("diagonal" if k == 0 else f"{f}{k}" for f, k in self.rows)
+        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
+        return f"{prefix}_{self.mode}{label}_{rows}"
 
     def lr_at(self, t: int) -> float:
         """The learning rate of update t: constant, or a cosine decay from ``lr`` to ``lr_final``."""
@@ -267,12 +279,7 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     path = None
     state = None
     if ckpt_dir is not None:  # before any data loads: a bad directory or checkpoint fails at once
-        path = checkpoint_path(cfg, prepare_ckpt_dir(ckpt_dir))
-        remove_dead_temporaries(path.parent)
-        if restart:
-            path.unlink(missing_ok=True)
-        elif path.exists():
-            state = load_checkpoint(path, cfg, device)
+        path, state = open_checkpoint(cfg, ckpt_dir, restart=restart, device=device)
     dtype = getattr(torch, cfg.dtype)
     if x_train is None:
         x_train = cfg.training_data()

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from flowbook import cifar, runner
-from flowbook.checkpoints import KEYS, CheckpointError, checkpoint_path
+from flowbook.checkpoints import (KEYS, CheckpointError, checkpoint_path, find_checkpoint, legacy_checkpoint_path,
+                                  load_checkpoint)
 from flowbook.options import OptionError, check_device, check_float, check_int
 from flowbook.train import FAST, FULL, STORED, TrainConfig
 
@@ -55,14 +56,62 @@ def test_a_stored_table3_result_is_its_presets_configuration(path: Path) -> None
     (dataclasses.replace(FULL, rows=(("planar", 80),), label="dry run"), "ck",
      "mnist_full_dry-run_planar80_0231868de21c.pt"),
     (dataclasses.replace(cifar.STORED, rows=(("planar", 10),)), "data/checkpoints/cifar10",
-     "mnist_stored_planar10_21ccc64fc61f.pt"),
+     "cifar10_stored_K10_21ccc64fc61f.pt"),
     (dataclasses.replace(cifar.STORED, rows=(("planar", 5),)), "data/checkpoints/cifar10",
-     "mnist_stored_planar5_86c4000c5071.pt"),
-    (cifar.FAST, "ck", "mnist_fast_diagonal-planar2-planar5-planar10_df9734461efc.pt"),
+     "cifar10_stored_K5_86c4000c5071.pt"),
+    (cifar.FAST, "ck", "cifar10_fast_K0-2-5-10_df9734461efc.pt"),
+    (dataclasses.replace(cifar.FAST, label="seed0"), "ck", "cifar10_fast_seed0_K0-2-5-10_89a79e1b81b9.pt"),
 ])
 def test_checkpoint_names_of_the_long_runs_are_pinned(cfg: TrainConfig, ckpt_dir: str, name: str) -> None:
-    # unfinished runs resume only from a file of exactly this name (CIFAR-10's keep the mnist_ prefix)
+    # unfinished runs resume only from a file of exactly this name (or CIFAR-10's legacy name, below)
     assert checkpoint_path(cfg, ckpt_dir) == Path(ckpt_dir) / name
+
+
+@pytest.mark.parametrize("cfg, name", [
+    (dataclasses.replace(cifar.STORED, rows=(("planar", 10),)), "mnist_stored_planar10_21ccc64fc61f.pt"),
+    (dataclasses.replace(cifar.STORED, rows=(("planar", 10),), updates=40_000), "mnist_stored_planar10_214c4a9e1f1f.pt"),
+    (cifar.FAST, "mnist_fast_diagonal-planar2-planar5-planar10_df9734461efc.pt"),
+])
+def test_cifar_checkpoints_keep_their_legacy_names(cfg: TrainConfig, name: str, tmp_path: Path) -> None:
+    # CIFAR-10 checkpoints were named mnist_... before they were named after their dataset
+    assert legacy_checkpoint_path(cfg, tmp_path) == tmp_path / name
+    assert find_checkpoint(cfg, tmp_path) == checkpoint_path(cfg, tmp_path)  # neither exists: the new name
+    (tmp_path / name).touch()
+    assert find_checkpoint(cfg, tmp_path) == tmp_path / name  # only the legacy one: it is used in place
+    checkpoint_path(cfg, tmp_path).touch()
+    assert find_checkpoint(cfg, tmp_path) == checkpoint_path(cfg, tmp_path)
+    assert legacy_checkpoint_path(STORED, tmp_path) is None  # MNIST's names never changed
+
+
+def test_the_committed_table3_checkpoint_is_found_and_loads() -> None:
+    # the 40 000-update pass of Table 3's K = 10 row, under its legacy name (read only, never renamed)
+    cfg = dataclasses.replace(cifar.STORED, rows=(("planar", 10),), updates=40_000)
+    ckpt_dir = ROOT / "data" / "checkpoints" / "cifar10"
+    path = ckpt_dir / "mnist_stored_planar10_214c4a9e1f1f.pt"
+    if not path.exists():
+        pytest.skip(f"{path} is not in this checkout (checkpoints are not committed)")
+    assert find_checkpoint(cfg, ckpt_dir) == path
+    assert load_checkpoint(path, cfg)["step"] > 0
+
+
+def _patches(n: int = 200) -> torch.Tensor:
+    return 0.05 + 0.9 * torch.rand(n, cifar.PATCH_DIM, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_cifar_run_resumes_from_its_legacy_named_checkpoint(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(cifar.FAST, rows=(("planar", 2),), hidden=16, updates=6, batch_size=20)
+    x = _patches()
+    args = _args(tmp_path, ckpt_dir=str(tmp_path))
+    assert runner.train_command(cfg, args, prog="p", evaluate=False, x_train=x, stop_at=3, progress=False) == 3
+    legacy = legacy_checkpoint_path(cfg, tmp_path)
+    checkpoint_path(cfg, tmp_path).rename(legacy)  # as an earlier version left it
+    run = runner.train_command(cfg, args, prog="p", evaluate=False, x_train=x, progress=False)
+    assert run.finished and run.resumed_from == 3
+    assert torch.load(legacy, weights_only=False)["step"] == 6 and not checkpoint_path(cfg, tmp_path).exists()
+    uninterrupted = runner.train_command(cfg, _args(tmp_path, ckpt_dir=str(tmp_path / "b")), prog="p",
+                                         evaluate=False, x_train=x, progress=False)
+    for a, b in zip(run.model.state_dict().values(), uninterrupted.model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_result_names_are_pinned() -> None:
