@@ -114,8 +114,8 @@ def _train_fields(config: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("eval_")}))
 
 
-def open_checkpoint(cfg: RunConfig, ckpt_dir: str | Path, *, restart: bool = False,
-                    device: str | torch.device = "cpu", keys: Sequence[str] = KEYS) -> tuple[Path, dict[str, Any] | None]:
+def open_checkpoint(cfg: RunConfig, ckpt_dir: str | Path, *, restart: bool = False, device: str | torch.device = "cpu",
+                    keys: Sequence[str] = KEYS) -> tuple[Path, dict[str, Any] | None]:
     """Where a run of ``cfg`` checkpoints, and the state to resume from (None: start at update 0).
 
     Called before any data loads, so that a bad directory or checkpoint fails at once: the directory is

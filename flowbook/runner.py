@@ -73,9 +73,10 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool) -> None:
+def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: str = "--label") -> None:
     """Raise FileExistsError if ``path`` holds a result of another training configuration (unless
-    ``overwrite``): a run never silently replaces a stored result it did not produce."""
+    ``overwrite``): a run never silently replaces a stored result it did not produce. The message
+    suggests ``name_option``, the command's option that names its results."""
     if overwrite or not path.exists():
         return
     try:
@@ -83,7 +84,7 @@ def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool) -> None:
     except (ValueError, KeyError, TypeError):
         stored = None
     if not isinstance(stored, dict) or config_digest(stored) != cfg.digest():
-        raise FileExistsError(f"{path} holds a result of another configuration; give the run a --label, "
+        raise FileExistsError(f"{path} holds a result of another configuration; give the run a {name_option}, "
                               "or pass --overwrite to replace it")
 
 
@@ -97,12 +98,13 @@ def refuse_stored_results(cfg: TrainConfig, out_dir: str | Path, overwrite: bool
 
 def write_result(name: str, cfg: RunConfig, *, out_dir: str | Path, config: dict[str, Any], metrics: dict[str, Any],
                  device: str | torch.device, wall_time_s: float, command: str | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, name_option: str = "--label") -> Path:
     """Write ``<out_dir>/<name>.json`` with provenance (:func:`flowbook.results.save_result`: command,
     commit, device, date, wall time, ``config``), unless it holds a result of another configuration
-    (:func:`refuse_overwrite`, FileExistsError); returns its path. ``config`` must hold ``cfg``'s fields
-    where :meth:`~RunConfig.trained_config` looks for them, so that the next run recognizes the file."""
-    refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite)
+    (:func:`refuse_overwrite`, FileExistsError, suggesting ``name_option``); returns its path. ``config``
+    must hold ``cfg``'s fields where :meth:`~RunConfig.trained_config` looks for them, so that the next run
+    recognizes the file."""
+    refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite, name_option)
     return save_result(name, config=config, metrics=metrics, device=device, command=command,
                        wall_time_s=wall_time_s, directory=out_dir)
 

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
 
-from flowbook import energies, flows
+from flowbook import energies, flows, runner
 from flowbook import experiments2d as E
+from flowbook.checkpoints import checkpoint_path, load_checkpoint
 from flowbook.objectives import free_energy
+from flowbook.options import parse_checked
 
 
 def _perturb(group: E.FitGroup, seed: int = 0) -> E.FitGroup:
@@ -172,3 +176,120 @@ def test_every_family_runs_through_its_spec():
     assert g.spec == flows.NiceSpec(2, 2, hidden=3)
     assert set(g.fit_params(0)) == set(flows.NiceSpec.names)
     assert E.FitGroup("planar", [("U1", "planar", 2)]).spec == flows.PlanarSpec(2, 2, impl="autograd", inverse_iters=60)
+
+
+# ----------------------------------------------------------------------------------------------
+# the 2-D experiment as a configuration of the runner: resumption, option checks, result files
+# ----------------------------------------------------------------------------------------------
+RESULTS = Path(__file__).resolve().parent.parent / "data" / "results"
+TINY = dataclasses.replace(E.FAST, targets=("U1",), methods=("planar", "nice-orth"), Ks=(2,), updates=8, warmup=4,
+                           samples=8, eval_samples=200, nice_hidden=2)
+TINY_ARGS = ["--mode", "fast", "--targets", "U1", "--methods", "planar", "nice-orth", "--Ks", "2", "--updates", "8",
+             "--samples", "8", "--nice-hidden", "2", "--eval-samples", "200", "--checkpoints", "4"]
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """Stopped at update 5 and resumed from its checkpoint, a run ends with the parameters, mid-training
+    evaluations, history and KL rows of a run that never stopped, bit for bit (the sampler's state is saved)."""
+    path = tmp_path / "ck.pt"
+    groups, rows, history = E.run_experiment(TINY, record_every=2, checkpoints=(3, 6),
+                                             checkpointing=E.Checkpointing(path, every=2, stop_at=5))
+    assert rows is None and history["updates_done"] == 5
+    state = load_checkpoint(path, TINY, keys=E.CHECKPOINT_KEYS)
+    assert state["step"] == 5
+    resumed = E.run_experiment(TINY, record_every=2, checkpoints=(3, 6), resume=state,
+                               checkpointing=E.Checkpointing(path, every=2))
+    whole = E.run_experiment(TINY, record_every=2, checkpoints=(3, 6))
+    for g, h in zip(resumed[0], whole[0]):
+        for (name, a), b in zip(g.state_dict().items(), h.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert resumed[1] == whole[1]
+    for key in ("step", "beta", "F", "mean", "std", "checkpoints"):
+        assert resumed[2][key] == whole[2][key], key
+    assert [c["update"] for c in resumed[2]["checkpoints"]] == [3, 6]
+    assert load_checkpoint(path, TINY, keys=E.CHECKPOINT_KEYS)["step"] == 8
+
+
+def _cli(tmp_path, *extra, out="out", ckpt="ck"):
+    return E.main([*TINY_ARGS, "--out", str(tmp_path / out), "--ckpt-dir", str(tmp_path / ckpt), *extra])
+
+
+def test_the_command_stops_with_3_resumes_and_writes_the_uninterrupted_result(tmp_path, capsys):
+    assert _cli(tmp_path, "--max-minutes", "1e-9") == 3  # out of time after its first update
+    path = checkpoint_path(TINY, tmp_path / "ck")
+    assert f"stopped at update 1/8; checkpoint {path}; run the same command again" in capsys.readouterr().out
+    assert _cli(tmp_path, "--max-minutes", "1e-9") == 3  # one more update per piece
+    assert torch.load(path, weights_only=False)["step"] == 2
+    assert _cli(tmp_path) == 0
+    assert _cli(tmp_path, out="whole", ckpt="ck-whole") == 0
+    resumed, whole = (json.loads((tmp_path / d / "energy2d_fast.json").read_text()) for d in ("out", "whole"))
+    for key in ("rows", "checkpoints", "curves", "fits", "log_Z"):
+        assert resumed["metrics"][key] == whole["metrics"][key], key
+    assert resumed["command"].startswith("python -m flowbook.experiments2d --mode fast")
+    assert resumed["config"] == whole["config"] and E.FitConfig.trained_config(resumed["config"]) == json.loads(
+        json.dumps(dataclasses.asdict(TINY)))
+    assert {"commit", "device", "date", "wall_time_s"} <= set(resumed)
+
+
+@pytest.mark.parametrize("options, names", [
+    (["--updates", "0"], "--updates must be ≥ 1, got 0"),
+    (["--samples", "1"], "--samples must be in 2..1000000"),
+    (["--Ks", "2", "0"], "--Ks must be in 1..1000"),
+    (["--seed", "-1"], "--seed must be in 0..4294967295"),
+    (["--nice-hidden", "0"], "--nice-hidden must be in 1..4096"),
+    (["--eval-samples", "1"], "--eval-samples must be in 2..100000000"),
+    (["--checkpoints", "8"], "--checkpoints must be in 1..7"),
+    (["--store-K", "-2"], "--store-K must be in 1..1000"),
+    (["--threads", "0"], "--threads must be ≥ 1"),
+    (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["--name", "a/b"], "--name may hold only letters"),
+    (["--max-minutes", "nan"], "--max-minutes must be a finite number > 0"),
+    (["--ckpt-every", "0"], "--ckpt-every must be ≥ 1"),
+])
+def test_the_command_refuses_bad_options_before_any_work(tmp_path, refused, options, names):
+    assert names in refused(E.main, [*TINY_ARGS, *options, "--out", str(tmp_path / "out"),
+                                     "--ckpt-dir", str(tmp_path / "ck")])
+    assert not (tmp_path / "out" / "energy2d_fast.json").exists()
+
+
+def test_the_command_refuses_another_configurations_result_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "out" / "energy2d_fast.json"
+    assert _cli(tmp_path) == 0
+    stored = out.read_text()
+    capsys.readouterr()
+    assert _cli(tmp_path, "--seed", "1") == 2  # another configuration under the same name
+    assert capsys.readouterr().err == (f"python -m flowbook.experiments2d: error: {out} holds a result of another "
+                                       "configuration; give the run a --name, or pass --overwrite to replace it\n")
+    assert out.read_text() == stored
+    assert _cli(tmp_path) == 0  # the same configuration again: its own result, replaced
+    # a checkpoint of another configuration under this one's name is refused with its path and the fix
+    assert _cli(tmp_path, "--seed", "1", "--name", "other") == 0
+    other = checkpoint_path(dataclasses.replace(TINY, seed=1), tmp_path / "ck")
+    checkpoint_path(TINY, tmp_path / "ck").write_bytes(other.read_bytes())
+    capsys.readouterr()
+    assert _cli(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {checkpoint_path(TINY, tmp_path / 'ck')} belongs to another configuration (seed: 1 in the " \
+           "checkpoint, 0 now)" in err and "--restart" in err
+    assert _cli(tmp_path, "--restart") == 0
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("energy2d_*.json")), ids=lambda p: p.stem)
+def test_a_stored_result_is_its_commands_configuration(path, tmp_path):
+    """The command in each stored 2-D result, given to today's command line, makes the same configuration
+    (same digest, so the same numbers) and the same result name, and is not refused as an overwrite."""
+    from flowbook.experiments2d import cli
+
+    record = json.loads(path.read_text())
+    argv = shlex.split(record["command"])[2:]  # after "python .../experiments2d.py"
+    args = parse_checked(cli._parser(), [*argv, "--out", str(tmp_path), "--ckpt-dir", str(tmp_path)], cli._check)
+    cfg = cli._config(args)
+    assert runner.config_digest(E.FitConfig.trained_config(record["config"])) == cfg.digest()
+    assert args.name == path.stem
+    runner.refuse_overwrite(path, cfg, overwrite=False)
+
+
+def test_checkpoint_names_are_pinned():
+    # the configuration of energy2d_full_planar_radial.json: its digest is the stored result's
+    cfg = dataclasses.replace(E.FULL, methods=("planar", "radial"), updates=12_000)
+    assert checkpoint_path(cfg, "ck") == Path("ck") / "energy2d_planar-radial_K2-8-32_58e6871cd751.pt"

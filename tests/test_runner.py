@@ -69,7 +69,8 @@ def test_checkpoint_names_of_the_long_runs_are_pinned(cfg: TrainConfig, ckpt_dir
 
 @pytest.mark.parametrize("cfg, name", [
     (dataclasses.replace(cifar.STORED, rows=(("planar", 10),)), "mnist_stored_planar10_21ccc64fc61f.pt"),
-    (dataclasses.replace(cifar.STORED, rows=(("planar", 10),), updates=40_000), "mnist_stored_planar10_214c4a9e1f1f.pt"),
+    (dataclasses.replace(cifar.STORED, rows=(("planar", 10),), updates=40_000),
+     "mnist_stored_planar10_214c4a9e1f1f.pt"),
     (cifar.FAST, "mnist_fast_diagonal-planar2-planar5-planar10_df9734461efc.pt"),
 ])
 def test_cifar_checkpoints_keep_their_legacy_names(cfg: TrainConfig, name: str, tmp_path: Path) -> None:

@@ -26,13 +26,16 @@ step is the same as taking one step per fit (Adam's update is per parameter).
 The package has three parts: ``flowbook.experiments2d.model`` (the configuration and
 :class:`FitGroup`), ``flowbook.experiments2d.training`` (training and evaluation) and
 ``flowbook.experiments2d.cli`` (the command line); their public names are importable from here.
-Run the full-mode experiment with ``python -m flowbook.experiments2d --mode full``.
+Run the full-mode experiment with ``python -m flowbook.experiments2d --mode full``: the 2-D experiment is a
+configuration of the runner (:mod:`flowbook.runner`), with its option checks, resumable checkpoints
+(``--max-minutes``, exit status 3) and refusal to overwrite a stored result of another configuration.
 """
 from flowbook.experiments2d.cli import main
 from flowbook.experiments2d.model import (FAMILY, FAST, FULL, METHODS, FitConfig, FitGroup, Label, build_groups,
                                           fit_from_state, fit_state, target_potential)
-from flowbook.experiments2d.training import annealed_free_energy, evaluate, log_density_grid, run_experiment, train
+from flowbook.experiments2d.training import (CHECKPOINT_KEYS, Checkpointing, annealed_free_energy, evaluate,
+                                             log_density_grid, run_experiment, train)
 
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup", "build_groups",
            "annealed_free_energy", "train", "evaluate", "log_density_grid", "run_experiment", "fit_state",
-           "fit_from_state", "main"]
+           "fit_from_state", "main", "Checkpointing", "CHECKPOINT_KEYS"]

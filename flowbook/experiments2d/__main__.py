@@ -1,4 +1,6 @@
 """``python -m flowbook.experiments2d``: the command line of :mod:`flowbook.experiments2d.cli`."""
+import sys
+
 from flowbook.experiments2d.cli import main
 
-main()
+sys.exit(main())

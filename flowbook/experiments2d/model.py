@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from flowbook import energies, flows
 from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
+from flowbook.runner import config_digest
 
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup",
            "build_groups", "fit_state", "fit_from_state"]
@@ -25,7 +26,11 @@ FAMILY = {"planar": "planar", "radial": "radial", "nice-orth": "nice", "nice-per
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Everything that defines one batched experiment (stored with the results as provenance)."""
+    """Everything that defines one batched experiment (stored with the results as provenance).
+
+    It is the 2-D experiment's configuration of the runner (:class:`flowbook.runner.RunConfig`): its
+    methods name the checkpoints and recognize a stored result of the same configuration. Methods are not
+    fields, so they never change :meth:`digest`."""
 
     targets: tuple[str, ...] = ("U1", "U2", "U3", "U4")
     methods: tuple[str, ...] = METHODS
@@ -50,6 +55,22 @@ class FitConfig:
         if min(self.Ks, default=0) < 1 or self.updates < 1 or self.samples < 2:
             raise ValueError(f"FitConfig needs every K ≥ 1, updates ≥ 1 and samples ≥ 2, got Ks={self.Ks}, "
                              f"updates={self.updates}, samples={self.samples}")
+
+    def digest(self) -> str:
+        """:func:`flowbook.runner.config_digest` of the fields (``eval_samples`` left out, as for the DLGMs)."""
+        return config_digest(asdict(self))
+
+    @staticmethod
+    def trained_config(result_config: dict) -> dict:
+        """The fields of a :class:`FitConfig` in a result's ``config``, which holds them at its top level
+        next to the optimizer's and the loss's descriptions (KeyError when one is missing)."""
+        return {f.name: result_config[f.name] for f in fields(FitConfig)}
+
+    def checkpoint_stem(self) -> str:
+        """``energy2d_<methods>_K<Ks>``, e.g. ``energy2d_planar-radial_K2-8-32``: the checkpoint's name before
+        its digest (:func:`flowbook.checkpoints.checkpoint_path`)."""
+        return f"energy2d_{'-'.join(self.methods)}_K{'-'.join(map(str, self.Ks))}"
+
 
 
 #: fast mode — the chapter's live run (about a minute on 2 CPU cores)

@@ -1,21 +1,45 @@
 """Training and evaluating the 2-D fits (§6.1, Figure 3): one Adam optimizer on the sum of every fit's
 annealed free energy (eq. 15), and the KL of each fit from many fresh samples.
+
+Training resumes exactly: a checkpoint (:class:`Checkpointing`, written by :mod:`flowbook.checkpoints`)
+holds every group's parameters, Adam's and the learning-rate schedule's state, the state of the
+generator that draws every training sample, the update count and the history, so a run stopped and
+resumed ends with the same numbers, bit for bit on the CPU, as a run that never stopped.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from flowbook import energies
+from flowbook.checkpoints import RESTART_HINT, CheckpointError, first_line, save_atomic
 from flowbook.experiments2d.model import FitConfig, FitGroup, build_groups, target_potential
 from flowbook.objectives import beta_schedule, free_energy
 
-__all__ = ["annealed_free_energy", "train", "evaluate", "log_density_grid", "run_experiment"]
+__all__ = ["CHECKPOINT_KEYS", "Checkpointing", "annealed_free_energy", "train", "evaluate", "log_density_grid",
+           "run_experiment"]
+
+#: The keys of a 2-D training checkpoint (:func:`flowbook.checkpoints.load_checkpoint` checks them).
+CHECKPOINT_KEYS = ("config", "step", "groups", "optim", "sched", "noise", "history", "train_seconds")
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where :func:`train` saves its state (atomically, :func:`flowbook.checkpoints.save_atomic`), every
+    ``every`` updates and when it stops: at the last update, at ``stop_at`` (as if interrupted), or once
+    ``max_minutes`` of training have passed in this process (the runner's ``--max-minutes``)."""
+
+    path: Path
+    every: int = 1000
+    max_minutes: float | None = None
+    stop_at: int | None = None
 
 
 def annealed_free_energy(groups: Sequence[FitGroup], potentials: dict[str, Callable[[Tensor], Tensor]], n: int,
@@ -48,7 +72,8 @@ def annealed_free_energy(groups: Sequence[FitGroup], potentials: dict[str, Calla
 
 def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
           log: Callable[[str], None] | None = None,
-          after_update: Callable[[int], None] | None = None) -> dict[str, Any]:
+          after_update: Callable[[int], None] | None = None, *, history: dict[str, Any] | None = None,
+          checkpointing: Checkpointing | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every fit at once: one Adam optimizer on the sum of the annealed free energies (eq. 15).
 
     Each update draws ``config.samples`` samples per fit; the potential of each target is called
@@ -57,6 +82,17 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
     that many updates, each fit's free energy at β = 1 on the training samples and the mean and
     standard deviation of its z_K, as ``history[field][group index][record][fit]``.
     ``after_update(t)`` is called after update t = 1, …, ``config.updates`` (e.g. to evaluate checkpoints).
+
+    Args:
+        history: the dict to fill and return (default: a new one); what the caller keeps in it (e.g.
+            mid-training evaluations) is checkpointed with it.
+        checkpointing: save the state there (see :class:`Checkpointing`); None: no checkpoints.
+        resume: a checkpoint's state (:func:`flowbook.checkpoints.load_checkpoint` with
+            :data:`CHECKPOINT_KEYS`) to go on from; its history replaces the contents of ``history``.
+
+    Returns:
+        The history, with ``updates_done`` (fewer than ``config.updates`` when it stopped early) and
+        ``train_seconds`` (summed over resumed pieces).
     """
     potentials = {t: target_potential(t, config.confine_scale) for g in groups for t in g.target_slices}
     params = [p for g in groups for p in g.parameters()]
@@ -64,11 +100,21 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
     decay = (config.lr_final / config.lr) ** (1.0 / max(config.updates - 1, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
     gen = torch.Generator(device=params[0].device).manual_seed(config.seed + 1)
-    history: dict[str, Any] = {"step": [], "beta": [], "F": [[] for _ in groups], "mean": [[] for _ in groups],
-                               "std": [[] for _ in groups]}
+    history = {} if history is None else history
+    history.update({"step": [], "beta": [], "F": [[] for _ in groups], "mean": [[] for _ in groups],
+                    "std": [[] for _ in groups]})
+    first, seconds_before = 0, 0.0
+    if resume is not None:
+        _restore(resume, groups, opt, sched, gen, checkpointing)
+        history.clear()
+        history.update(resume["history"])
+        first, seconds_before = resume["step"], resume["train_seconds"]
+    end = config.updates if checkpointing is None or checkpointing.stop_at is None \
+        else min(checkpointing.stop_at, config.updates)
     n = config.samples
     start = time.perf_counter()
-    for t in range(config.updates):
+    done = first
+    for t in range(first, end):
         beta = beta_schedule(t, start=0.01, warmup=config.warmup)
         record = record_every > 0 and t % record_every == 0
         loss, samples = annealed_free_energy(groups, potentials, n, beta, gen)
@@ -91,8 +137,36 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
         if log is not None and (t + 1) % max(config.updates // 20, 1) == 0:
             log(f"update {t + 1}/{config.updates}  beta={beta:.3f}  loss={float(loss.detach()):.3f}  "
                 f"{time.perf_counter() - start:.0f}s")
-    history["train_seconds"] = time.perf_counter() - start
+        done = t + 1
+        if checkpointing is not None:
+            seconds = time.perf_counter() - start
+            out_of_time = checkpointing.max_minutes is not None and seconds > 60 * checkpointing.max_minutes
+            if done % checkpointing.every == 0 or done == end or out_of_time:
+                save_atomic({"config": asdict(config), "step": done, "groups": [g.state_dict() for g in groups],
+                             "optim": opt.state_dict(), "sched": sched.state_dict(), "noise": gen.get_state(),
+                             "history": history, "train_seconds": seconds_before + seconds}, checkpointing.path)
+            if out_of_time:
+                break
+    history["updates_done"] = done
+    history["train_seconds"] = seconds_before + time.perf_counter() - start
     return history
+
+
+def _restore(state: dict[str, Any], groups: Sequence[FitGroup], opt: torch.optim.Optimizer,
+             sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator,
+             checkpointing: Checkpointing | None) -> None:
+    """Load a checkpoint's parameters, optimizer, schedule and generator state into a fresh run."""
+    where = f"checkpoint {checkpointing.path}" if checkpointing is not None else "the resumed state"
+    try:
+        if len(state["groups"]) != len(groups):
+            raise ValueError(f"{len(state['groups'])} groups stored, {len(groups)} built")
+        for g, group_state in zip(groups, state["groups"]):
+            g.load_state_dict(group_state)
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{where} does not fit these fits ({first_line(err)}); {RESTART_HINT}") from err
 
 
 @torch.no_grad()
@@ -137,26 +211,28 @@ def log_density_grid(group: FitGroup, f: int, n: int = 100, box: float = energie
 
 
 def run_experiment(config: FitConfig, device: torch.device | str = "cpu", record_every: int = 0,
-                   log: Callable[[str], None] | None = None, checkpoints: Sequence[int] = ()
-                   ) -> tuple[list[FitGroup], list[dict[str, Any]], dict]:
+                   log: Callable[[str], None] | None = None, checkpoints: Sequence[int] = (), *,
+                   checkpointing: Checkpointing | None = None, resume: dict[str, Any] | None = None
+                   ) -> tuple[list[FitGroup], list[dict[str, Any]] | None, dict]:
     """Build, train and evaluate every fit of ``config``; returns (groups, table rows, history).
 
     For each update count in ``checkpoints`` the fits are also evaluated in the middle of training, as
     ``history["checkpoints"] = [{"update": t, "rows": rows}, …]``: the convergence evidence (a fit
     whose KL no longer changes between a checkpoint and the end has converged under this schedule).
+    ``checkpointing`` and ``resume`` are :func:`train`'s; the rows are None when training stopped before
+    its last update (``history["updates_done"]`` < ``config.updates``).
     """
     torch.manual_seed(config.seed)
     groups = [g.to(device) for g in build_groups(config)]
     log_Z = {t: energies.log_normalizer(target_potential(t, config.confine_scale)) for t in config.targets}
-    done: list[dict[str, Any]] = []
+    history: dict[str, Any] = {"checkpoints": []}
 
     def evaluate_checkpoint(t: int) -> None:
         if t in checkpoints and t < config.updates:
-            done.append({"update": t, "rows": evaluate(groups, config, log_Z)})
+            history["checkpoints"].append({"update": t, "rows": evaluate(groups, config, log_Z)})
 
-    history = train(groups, config, record_every=record_every, log=log, after_update=evaluate_checkpoint)
-    history["checkpoints"] = done
-    rows = evaluate(groups, config, log_Z)
-    return groups, rows, history
-
-
+    train(groups, config, record_every=record_every, log=log, after_update=evaluate_checkpoint, history=history,
+          checkpointing=checkpointing, resume=resume)
+    if history["updates_done"] < config.updates:
+        return groups, None, history
+    return groups, evaluate(groups, config, log_Z), history
