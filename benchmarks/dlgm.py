@@ -8,8 +8,8 @@ same process, interleaved step by step so that a busy machine slows them alike:
 * ``baseline``: the straightforward per-layer loop — each layer constrains its own û, indexes its
   parameters as ``u[:, k]`` and lets autograd record everything;
 * ``reference``: :func:`flowbook.flows.planar` (û for all layers at once, ``unbind``);
-* ``flowbook``: what :class:`flowbook.models.DLGM` uses: ``flowbook.fused.planar_chain``, an analytic
-  backward for the chain, run by its compiled C kernel on a CPU (``flowbook.native``).
+* ``flowbook``: what :class:`flowbook.models.DLGM` uses: ``flowbook.flows.planar_chain(impl="auto")``, an
+  analytic backward for the chain, run by its compiled C kernel on a CPU (``flowbook.kernels.native``).
 
 Also: the rows K = 0, 10, 20, 40, 80 trained together in one :class:`MultiDLGM` against the sum of
 their separate updates. Prints a table with ratios and writes ``data/results/bench_dlgm.json``.

@@ -11,8 +11,9 @@ cases (the project's issue 2):
 Each case times the baseline (written here: one module per layer, each constraining its own
 parameters and returning its own log-det term, looped in Python — what one writes first), flowbook's
 readable reference (:func:`flowbook.flows.planar` / :func:`~flowbook.flows.radial`) and, for the
-planar cases, the hand-differentiated :func:`flowbook.fused.planar_chain`: its PyTorch loop ("fused")
-and, for the per-example case (c), its compiled C kernel ("compiled", what the DLGM uses on a CPU;
+planar cases, the hand-differentiated :func:`flowbook.kernels.fused.planar_chain` (``flows.planar_chain``
+with ``impl="fused"`` or ``"native"``): its PyTorch loop ("fused") and, for the per-example case (c),
+its compiled C kernel ("compiled", what the DLGM uses on a CPU;
 skipped with a note where no C compiler is found). The machines are shared and
 noisy, so the implementations are measured in turn, round after round, and each reports the median
 over rounds of the mean step time within a round (wall time, and the thread's CPU time, which
