@@ -88,7 +88,7 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
             mid-training evaluations) is checkpointed with it.
         checkpointing: save the state there (see :class:`Checkpointing`); None: no checkpoints.
         resume: a checkpoint's state (:func:`flowbook.checkpoints.load_checkpoint` with
-            :data:`CHECKPOINT_KEYS`) to go on from; its history replaces the contents of ``history``.
+            ``CHECKPOINT_KEYS``) to go on from; its history replaces the contents of ``history``.
 
     Returns:
         The history, with ``updates_done`` (fewer than ``config.updates`` when it stopped early) and
