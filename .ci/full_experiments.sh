@@ -46,7 +46,10 @@ exp_energy2d() {
       echo "--methods planar radial nice-orth nice-perm --Ks 2 --updates 6000 --nice-hidden 64 --seed $seed --checkpoints 3000 4500 --store-K --name energy2d_restarts_K2_seed$seed"
       echo "--methods nice-orth nice-perm --Ks 2 --updates 6000 --nice-hidden 1 --seed $seed --checkpoints 3000 4500 --store-K --name energy2d_restarts_K2_h1_seed$seed"
     done
-  } | xargs -P "${ENERGY2D_JOBS:-$(nproc)}" -L 1 "$PY" -m flowbook.experiments2d "${common[@]}"
+  } | { export -f until_done; export PY MAX_MINUTES
+        # each fit in resumable pieces of MAX_MINUTES, like the other experiments
+        xargs -P "${ENERGY2D_JOBS:-$(nproc)}" -L 1 bash -c \
+          'until_done "$PY" -m flowbook.experiments2d "$@" --max-minutes "$MAX_MINUTES"' _ "${common[@]}"; }
 }
 
 # §6.2, Table 2 and Figure 4: DLGM on binarized MNIST, diagonal Gaussian and planar / NICE (and radial,
