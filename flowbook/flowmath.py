@@ -34,7 +34,7 @@ def check_z(z: Tensor, dim: int | None, where: str) -> None:
 
 
 def check_param(z: Tensor, p: Tensor, name: str, trailing: tuple[int, ...], where: str) -> None:
-    """``p`` must be (K, *trailing) or (batch, K, *trailing), on z's device and dtype."""
+    """``p`` must be ``(K, *trailing)`` or ``(batch, K, *trailing)``, on z's device and dtype."""
     if not isinstance(p, Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(p).__name__}")
     if p.dtype != z.dtype:

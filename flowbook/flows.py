@@ -581,7 +581,8 @@ class NiceSpec(FlowSpec):
 
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
-        # random first layers (scaled by 1/√d), zero last layers: every coupling starts as the identity
+        """Random first layers (scaled by 1/√d) and zero last layers, so that every coupling starts as
+        the identity: its shift is zero whatever its input."""
         K, H, D, d = self.K, self.hidden, self.dim, self.dim // 2
         return {"w1": torch.randn(*batch, K, H, d, generator=generator) / math.sqrt(d),
                 "b1": torch.zeros(*batch, K, H), "w2": torch.zeros(*batch, K, D - d, H),

@@ -38,8 +38,8 @@ def free_energy(log_q0: Tensor, log_det: Tensor, log_joint: Tensor, beta: float 
         dim: the axis to average over, for one free energy per model or fit along the other axes
             (e.g. (rows, batch) → (rows,)); None averages over everything.
     Returns:
-        The free energy averaged over every sample (and data point): a scalar, or one per index of the
-        axes other than ``dim``.
+        The free energy averaged over every sample (and data point), as a scalar, or one per index of
+        the axes other than ``dim``.
     """
     if not (log_q0.shape == log_det.shape == log_joint.shape):
         raise ValueError("free_energy: log_q0, log_det and log_joint must have one shape, got "

@@ -24,7 +24,7 @@ __all__ = ["OptionError", "MAX_K", "MAX_SEED", "check_int", "check_float", "chec
            "check_writable_dir", "add_run_arguments", "check_run_options", "parse_checked", "weights_dir_for",
            "config_from_args"]
 
-#: Longest flow the command line accepts: the paper's longest is K = 80; beyond 1000 layers a run is
+#: Longest flow the command line accepts. The paper's longest is K = 80; beyond 1000 layers a run is
 #: almost surely a typo (and its per-layer loop would take hours per update on a CPU).
 MAX_K = 1000
 MAX_SEED = 2**32 - 1

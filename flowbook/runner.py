@@ -149,7 +149,7 @@ def train_command(cfg: TrainConfig, args: argparse.Namespace, *, prog: str, eval
 
 
 def load_finished_run(cfg: TrainConfig, ckpt_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """The finished run of ``cfg`` from its checkpoint, to evaluate it again; :class:`CheckpointError`
+    """The finished run of ``cfg`` from its checkpoint, to evaluate it again; :class:`~flowbook.checkpoints.CheckpointError`
     (naming the file and the fix) when there is none, it is damaged or foreign, or training is not done."""
     from .train import Run, build_model
 

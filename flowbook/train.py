@@ -199,7 +199,7 @@ def _batch_for_update(x: Tensor, t: int, cfg: TrainConfig, cache: dict) -> Tenso
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     """RMSprop (the paper's, §6.2) or Adam (fast mode). Both act elementwise, so stacking rows in one
-    tensor (:class:`MultiDLGM`) gives every row the update it would get alone."""
+    tensor (:class:`~flowbook.models.MultiDLGM`) gives every row the update it would get alone."""
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
@@ -264,7 +264,7 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
             :meth:`~TrainConfig.validation_data`); the best-validation parameters of every row are kept.
         ckpt_dir: where checkpoints live (created if missing; it must be writable); None disables them.
             An existing checkpoint of the same config is resumed; a damaged one, or one whose stored
-            config differs, raises :class:`CheckpointError`. Temporary files of killed saves
+            config differs, raises :class:`~flowbook.checkpoints.CheckpointError`. Temporary files of killed saves
             (``*.pt.tmp<pid>`` with a dead pid) are removed.
         ckpt_every: updates between checkpoints.
         max_minutes: stop (after checkpointing) when this much wall time has passed; run again to go on.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +347,17 @@ def test_torchvision_fallback_caches_the_reference_bytes(tmp_path):
     data_mnist._link_mnist_idx(tmp_path)
     path = data_mnist._mnist_from_torchvision(tmp_path)
     assert _sha(path) == data.MNIST_NPZ_SHA256
+
+
+# --- API reference --------------------------------------------------------------------------------
+
+def test_api_page_constants_are_the_packages():
+    # api/data.md writes its constants out (flowbook.data re-exports them, so autodata cannot read their
+    # #: comments); the names and values it shows must be flowbook.data's
+    page = (Path(__file__).resolve().parent.parent / "api" / "data.md").read_text(encoding="utf-8")
+    entries = re.findall(r"^\.\. py:data:: (\w+)\n   :module: flowbook\.data\n(?:   :value: (.+)\n)?", page, re.M)
+    assert len(entries) == 7
+    for name, value in entries:
+        assert hasattr(data, name), f"api/data.md documents flowbook.data.{name}, which does not exist"
+        if value:
+            assert value == repr(getattr(data, name)), f"api/data.md shows a stale value of {name}"

@@ -38,7 +38,7 @@ MNIST_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (1000
 
 #: Canonical location of the Larochelle & Murray static binarization (for users who are online).
 LAROCHELLE_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
-#: sha256 and sizes of the three ``.amat`` files, as published in TensorFlow Datasets' URL checksum
+#: sha256 of the three ``.amat`` files, by split, as published in TensorFlow Datasets' URL checksum
 #: list (``tensorflow_datasets/url_checksums/binarized_mnist.txt``); not re-verified here (offline).
 LAROCHELLE_SHA256 = {
     "train": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
