@@ -122,6 +122,24 @@ def add_evaluation(path: Path | str, evaluation: dict[str, Any], *, device: torc
     return _write_atomic(path, record)
 
 
+def evaluation(record: dict[str, Any], samples: int | None = None) -> dict[str, Any]:
+    """The metrics of a stored run's evaluation on its whole test set: the one with ``samples`` importance
+    samples, or the one with the most samples when ``samples`` is None.
+
+    The training run's own evaluation is ``record["metrics"]``; later ones, added by :func:`add_evaluation`
+    (e.g. the paper's S = 5000 for Table 2), are in ``record["evaluations"]``. Only evaluations on as many
+    test points as the run's own count, so that a subset's number never stands in for the test set's."""
+    points = record["metrics"]["points"]
+    every = [record["metrics"], *record.get("evaluations", [])]
+    found = [m for m in every if m.get("points") == points and samples in (None, m.get("samples"))]
+    if not found:
+        have = sorted(m.get("samples") for m in every if m.get("points") == points)
+        name = record.get("name", "NAME")
+        raise KeyError(f"{name} has no evaluation with S = {samples} on its {points} test points (it has "
+                       f"S = {have}); add one with `python -m flowbook evaluate-weights {name} --samples {samples}`")
+    return max(found, key=lambda m: m["samples"])
+
+
 def load_result(path: Path | str) -> dict[str, Any]:
     """Read a result and check that its provenance fields are present."""
     path = Path(path)

@@ -80,6 +80,17 @@ def test_add_evaluation_keeps_the_record_and_replaces_the_same_evaluation(tmp_pa
     assert {"commit", "device", "date", "torch"} <= set(record["evaluations"][1])
 
 
+def test_evaluation_picks_the_whole_test_set_with_the_most_samples():
+    record = {"name": "r", "metrics": {"samples": 1000, "points": 100, "neg_log_p": 90.0},
+              "evaluations": [{"samples": 5000, "points": 100, "neg_log_p": 89.8},
+                              {"samples": 20000, "points": 10, "neg_log_p": 89.0}]}  # a subset: never chosen
+    assert results.evaluation(record)["neg_log_p"] == 89.8
+    assert results.evaluation(record, 1000)["neg_log_p"] == 90.0
+    assert results.evaluation({"metrics": record["metrics"]})["samples"] == 1000  # no later evaluation
+    with pytest.raises(KeyError, match=r"S = 20000 on its 100 test points \(it has S = \[1000, 5000\]\)"):
+        results.evaluation(record, 20000)
+
+
 @pytest.fixture
 def stored_row(tmp_path, monkeypatch):
     """A tiny 'stored row' (weights and result) in temporary weights and results directories."""
