@@ -27,6 +27,10 @@ def offline_config(config: dict) -> dict:
     config["sphinx"]["config"] = sphinx_config
     sphinx_config["html_extra_path"] = list(sphinx_config.get("html_extra_path", [])) + [VENDOR]
     sphinx_config["mathjax_path"] = "../mathjax/tex-mml-chtml.js"
+    # jupyter-book resolves local extensions against the folder of the config file, and this copy lives
+    # in _build/ (and is copied again by the student edition): point them at the book's own folders
+    local = config["sphinx"].get("local_extensions") or {}
+    config["sphinx"]["local_extensions"] = {name: str((ROOT / path).resolve()) for name, path in local.items()}
     sphinx_config["nb_ipywidgets_js"] = {
         "../widgets/require.js": {},
         "../widgets/html-manager/embed-amd.js": {},

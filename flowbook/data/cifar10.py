@@ -19,8 +19,10 @@ CIFAR10_NPZ_SHA256 = "bc3dbefbeb24a854ff11a51c1c5a821c1b3876a0c44139eb9414013595
 CIFAR10_SHAPES = {"x_train": (50000, 32, 32, 3), "y_train": (50000,),
                   "x_test": (10000, 32, 32, 3), "y_test": (10000,)}
 
-#: Seeds of the CIFAR-10 patch sets (:func:`cifar10_patches`); the test set is fixed by its seed.
+#: Default seed of the CIFAR-10 training patches (:func:`cifar10_patches`); pass a new seed per epoch
+#: for fresh patches.
 CIFAR10_TRAIN_PATCH_SEED = 0
+#: Seed of the fixed CIFAR-10 test patch set (:func:`cifar10_patches`).
 CIFAR10_TEST_PATCH_SEED = 2015
 
 
