@@ -75,5 +75,9 @@ case ${1:-} in
   evalA) for r in diagonal planar_K80 nice_K10 nice_K40; do evaluate "mnist_stored_$r" || exit; done ;;
   evalB) for r in planar_K10 planar_K20 planar_K40 nice_K20 nice_K80; do
            evaluate "mnist_stored_$r" || exit; done ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB" >&2; exit 2 ;;
+  # S = 5000 for the radial rows, two processes
+  evalRA) for K in 10 40; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
+  evalRB) for K in 80 20; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB" >&2
+     exit 2 ;;
 esac
