@@ -29,9 +29,12 @@ WEIGHTS_DIR = REPO_ROOT / "data" / "weights"
 FORMAT = "flowbook-dlgm-weights-1"
 
 
-def weights_name(dataset: str, flow: str, K: int, protocol: str = "stored") -> str:
+def weights_name(dataset: str, flow: str, K: int, protocol: str = "stored", label: str | None = None) -> str:
     """``mnist_stored_planar_K80``, ``mnist_stored_diagonal`` (K = 0) or ``cifar10_stored_K10`` (CIFAR-10's
-    rows are all planar); the result JSON has the same name."""
+    rows are all planar); a variant's label follows the protocol (``mnist_stored_updates120k_planar_K80``).
+    The result JSON has the same name."""
+    if label:
+        protocol = f"{protocol}_{label}"
     if dataset == "cifar10":
         return f"cifar10_{protocol}_K{K}"
     row = "diagonal" if K == 0 else f"{flow}_K{K}"
@@ -83,21 +86,25 @@ def load_file(path: str | Path, device: str | torch.device = "cpu",
 
 
 def load(flow: str, K: int, dataset: str = "mnist", protocol: str = "stored", *,
-         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+         label: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          directory: str | Path | None = None) -> DLGM:
-    """The trained row (``flow``, ``K``) of ``dataset`` (``"mnist"``: Table 2, ``"cifar10"``: Table 3)."""
+    """The trained row (``flow``, ``K``) of ``dataset`` (``"mnist"``: Table 2, ``"cifar10"``: Table 3);
+    ``label`` picks a variant of the protocol (e.g. ``"updates120k"``: twice the updates)."""
     directory = Path(directory) if directory is not None else WEIGHTS_DIR
-    return load_file(directory / f"{weights_name(dataset, flow, K, protocol)}.pt", device, dtype)
+    return load_file(directory / f"{weights_name(dataset, flow, K, protocol, label)}.pt", device, dtype)
 
 
-def stored_results(dataset: str = "mnist", protocol: str = "stored",
-                   directory: str | Path | None = None) -> dict[tuple[str, int], dict]:
+def stored_results(dataset: str = "mnist", protocol: str = "stored", directory: str | Path | None = None,
+                   label: str | None = None) -> dict[tuple[str, int], dict]:
     """The stored rows of ``dataset`` that finished all their updates: {(flow, K): result record}, with
-    K = 0 as ``("diagonal", 0)``; unlabelled runs only (a label marks a dry run or a variant)."""
+    K = 0 as ``("diagonal", 0)``. Unlabelled runs by default (a label marks a dry run or a variant);
+    ``label`` gives that variant's rows instead, e.g. ``"updates120k"``."""
     out = {}
-    for record in load_results(f"{dataset}_{protocol}_", directory):
+    prefix = f"{dataset}_{protocol}_{label}_" if label else f"{dataset}_{protocol}_"
+    for record in load_results(prefix, directory):
         cfg = record["config"]
-        if cfg["train"].get("label") or cfg.get("updates_done", 0) < cfg["train"]["updates"]:
+        if (cfg["train"].get("label") or None) != (label or None) \
+                or cfg.get("updates_done", 0) < cfg["train"]["updates"]:
             continue
         model = cfg["model"]
         out[("diagonal", 0) if model["K"] == 0 else (model["flow"], model["K"])] = record
