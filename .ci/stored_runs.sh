@@ -76,8 +76,8 @@ case ${1:-} in
   evalB) for r in planar_K10 planar_K20 planar_K40 nice_K20 nice_K80; do
            evaluate "mnist_stored_$r" || exit; done ;;
   # Table 2 with 120 000 updates a row (the diagonal row first: it measured the gain of the longer
-  # protocol), then the S = 5000 evaluation of the same rows, balanced over two processes (about 5.5
-  # and 5.6 one-thread hours)
+  # protocol), then the S = 5000 evaluation of the same rows, balanced over two processes (about 6
+  # one-thread hours each, as measured on this machine)
   longA) LONG=1; mnist planar 0; mnist planar 80; mnist nice 10; mnist nice 40; mnist planar 20
          for r in diagonal planar_K80 nice_K10 nice_K40 planar_K20; do
            evaluate "mnist_stored_updates120k_$r" || exit; done ;;

@@ -60,7 +60,7 @@ def test_names():
 
 def test_stored_results_keep_variants_apart():
     """The unlabelled rows and a variant's rows (label updates120k) never mix: each call returns only
-    records of its own label, and a variant's row loads the weights of that variant."""
+    records of its own label, and only rows that finished their 120 000 updates."""
     assert all(not r["config"]["train"].get("label") for r in pretrained.stored_results("mnist").values())
     longer = pretrained.stored_results("mnist", label="updates120k")
     assert longer, "no stored updates120k rows"
