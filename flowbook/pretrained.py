@@ -29,12 +29,16 @@ WEIGHTS_DIR = REPO_ROOT / "data" / "weights"
 FORMAT = "flowbook-dlgm-weights-1"
 
 
+def _variant(protocol: str, label: str | None) -> str:
+    # the one naming rule of a variant: its label follows the protocol (stored_updates120k)
+    return f"{protocol}_{label}" if label else protocol
+
+
 def weights_name(dataset: str, flow: str, K: int, protocol: str = "stored", label: str | None = None) -> str:
     """``mnist_stored_planar_K80``, ``mnist_stored_diagonal`` (K = 0) or ``cifar10_stored_K10`` (CIFAR-10's
     rows are all planar); a variant's label follows the protocol (``mnist_stored_updates120k_planar_K80``).
     The result JSON has the same name."""
-    if label:
-        protocol = f"{protocol}_{label}"
+    protocol = _variant(protocol, label)
     if dataset == "cifar10":
         return f"cifar10_{protocol}_K{K}"
     row = "diagonal" if K == 0 else f"{flow}_K{K}"
@@ -100,8 +104,7 @@ def stored_results(dataset: str = "mnist", protocol: str = "stored", directory: 
     K = 0 as ``("diagonal", 0)``. Unlabelled runs by default (a label marks a dry run or a variant);
     ``label`` gives that variant's rows instead, e.g. ``"updates120k"``."""
     out = {}
-    prefix = f"{dataset}_{protocol}_{label}_" if label else f"{dataset}_{protocol}_"
-    for record in load_results(prefix, directory):
+    for record in load_results(f"{dataset}_{_variant(protocol, label)}_", directory):
         cfg = record["config"]
         if (cfg["train"].get("label") or None) != (label or None) \
                 or cfg.get("updates_done", 0) < cfg["train"]["updates"]:
