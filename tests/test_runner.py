@@ -31,11 +31,12 @@ def _rows(record: dict) -> tuple[tuple[str, int], ...]:
 def test_a_stored_table2_result_is_its_presets_configuration(path: Path) -> None:
     record = json.loads(path.read_text())
     train = record["config"]["train"]
-    # a table row is the preset exactly; a labelled variant (mnist_stored_updates120k_*) differs from it
-    # in the number of updates only
+    # a table row is the preset exactly; a labelled variant differs from it in the number of updates
+    # (mnist_stored_updates120k_*) or the maxout reading too (mnist_stored_short20k-wide_*) and nothing else
     if not train["label"]:
-        assert train["updates"] == STORED.updates
-    cfg = dataclasses.replace(STORED, rows=_rows(record), updates=train["updates"], label=train["label"])
+        assert (train["updates"], train["maxout_units"]) == (STORED.updates, STORED.maxout_units)
+    cfg = dataclasses.replace(STORED, rows=_rows(record), updates=train["updates"], label=train["label"],
+                              maxout_units=train["maxout_units"])
     assert runner.config_digest(train) == cfg.digest()
     assert cfg.result_name(*cfg.rows[0]) == path.stem
     runner.refuse_overwrite(path, cfg, overwrite=False)  # the same configuration: no --overwrite needed
