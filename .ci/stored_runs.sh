@@ -33,10 +33,12 @@ cifar() {  # cifar K
 # seed, S = 1000 on the first 2 000 test digits) of planar K with the maxout reading UNITS (at the stored
 # rate of 1e-3 the wider K = 80 row diverged during the annealing); the wider reading's weights (about
 # 11 MB at K = 80) are over the size limit of data/weights, so all of these stay in data/checkpoints
+# maxout UNITS K 1e-3: the same at the stored rate (labelled short20k-lr1e-3-UNITS)
 maxout() {
   local row=$([[ $2 == 0 ]] && echo diagonal || echo "planar_K$2") label=short20k-$1
+  [[ -n ${3:-} ]] && label=short20k-lr$3-$1
   run "mnist_stored_${label}_$row" "$PY" -m flowbook train --mode stored --flow planar --K "$2" \
-    --threads 1 --no-progress --updates 20000 --lr 3e-4 --label "$label" --eval-points 2000 \
+    --threads 1 --no-progress --updates 20000 --lr "${3:-3e-4}" --label "$label" --eval-points 2000 \
     --eval-samples 1000 \
     --maxout-units "$([[ $1 == wide ]] && echo outputs || echo pre_activations)" \
     --weights-dir data/checkpoints/weights
@@ -98,7 +100,8 @@ case ${1:-} in
          for r in planar_K10 nice_K80 planar_K40 nice_K20; do
            evaluate "mnist_stored_updates120k_$r" || exit; done ;;
   # does the wider maxout reading (400 outputs) help the planar rows that fall short? (chapter 5)
-  maxout) maxout wide 80; maxout narrow 80; maxout narrow 0; maxout wide 0 ;;
+  maxout) maxout wide 80; maxout narrow 80; maxout narrow 0; maxout wide 0
+          maxout narrow 80 1e-3; maxout narrow 0 1e-3 ;;
   # S = 5000 for the radial rows, two processes
   evalRA) for K in 10 40; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
   evalRB) for K in 80 20; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
