@@ -5,8 +5,11 @@ their parameters are written here as float16 state dicts (a K = 80 planar row is
 reader in Colab sees trained models without training::
 
     from flowbook import pretrained
-    model = pretrained.load("planar", 80)          # binarized MNIST, Table 2
-    model = pretrained.load("planar", 10, "cifar10")  # CIFAR-10 patches, Table 3
+    model = pretrained.load("planar", 80, label="updates120k")  # binarized MNIST, Table 2
+    model = pretrained.load("planar", 10, "cifar10")           # CIFAR-10 patches, Table 3
+
+Table 2's rows were trained with 120 000 updates (the label ``updates120k``); the unlabelled MNIST rows are
+the first protocol's 60 000 updates, kept for comparison (chapter 5).
 
 The stored results (``data/results/<name>.json``) are computed from exactly these rounded weights
 (:func:`round_like_saved` runs before the evaluation), so loading a file reproduces its result.
