@@ -15,19 +15,27 @@ Runs resume from their checkpoint in ``--ckpt-dir`` when one exists for the same
 damaged checkpoint, or one of another configuration, is refused (``--restart`` deletes it and starts over).
 A finished run evaluates every row on the test set and writes ``<out>/mnist_<mode>_<row>.json``.
 
+``--mode`` defaults to ``$FLOWBOOK_MODE`` (the chapters' variable), else ``fast``. Nothing stored is
+replaced without ``--overwrite``: the same ``train`` command run again after it finished says it is done
+and changes nothing, and ``eval`` only adds evaluations (:func:`flowbook.runner.finish`).
+
 Every option is checked before any data loads: a value out of range ends the command at once with
 one line naming the option and its valid range, and exit status 2 (argparse's status for bad usage).
+A fault of the data or of the numbers (a damaged dataset file, a diverged loss) ends it with one line and
+exit status 1 (:func:`flowbook.options.run_main`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from .options import (MAX_K, OptionError, add_run_arguments, check_float, check_int, check_run_options,
-                      config_from_args, parse_checked, weights_dir_for)
+from .checkpoints import CheckpointError
+from .options import (MAX_HIDDEN, MAX_K, OptionError, add_run_arguments, check_float, check_int, check_run_options,
+                      config_from_args, parse_checked, run_main, weights_dir_for)
 
 MNIST_TRAIN, MNIST_TEST = 50_000, 10_000  # binarized MNIST's training and test splits
 #: The options that change a field of the mode's preset (:data:`flowbook.train.PRESETS`) when given.
@@ -38,7 +46,7 @@ CONFIG_OPTIONS = ("updates", "optimizer", "lr", "momentum", "beta_warmup", "seed
 def _config(args: argparse.Namespace):
     from .train import PRESETS, parse_rows
 
-    rows = parse_rows(args.rows) if args.rows else ((args.flow, args.K),)
+    rows = parse_rows(args.rows) if args.rows else ((args.flow or "planar", args.K or 0),)
     return config_from_args(PRESETS[args.mode], args, CONFIG_OPTIONS, rows=rows)
 
 
@@ -61,6 +69,7 @@ def _check(args: argparse.Namespace) -> None:
                                                          and args.hidden % window)):
         raise OptionError(f"--hidden must be a positive multiple of {window} (pre-activations, {window} "
                           f"per maxout unit; or give --maxout-units outputs), got {args.hidden}")
+    check_int("--hidden", args.hidden, 1, MAX_HIDDEN, " (the paper's is 400)")
     check_int("--K", args.K, 0, MAX_K, " (the paper's longest flow is 80)")
     if args.rows is not None:
         try:
@@ -71,6 +80,14 @@ def _check(args: argparse.Namespace) -> None:
             if flow not in FLOW_TYPES:
                 raise OptionError(f"--rows: flow {flow!r} must be one of {', '.join(FLOW_TYPES)}")
             check_int(f"--rows ({flow}:{K}): K", K, 0, MAX_K, " (the paper's longest flow is 80)")
+        if args.flow is not None or args.K is not None:
+            raise OptionError("--rows names every row; --flow and --K name a single one: give either --rows, "
+                              "or --flow and --K")
+        names = [_config(args).result_name(flow, K) for flow, K in rows]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise OptionError(f"--rows {args.rows}: rows {', '.join(twice)} appear twice (every K = 0 row is "
+                              "the same diagonal model); each row is trained and stored once")
     try:
         _config(args).model_configs()  # the model's own checks, for combinations the ones above miss
     except ValueError as err:
@@ -80,22 +97,36 @@ def _check(args: argparse.Namespace) -> None:
         check_int("--stop-at", args.stop_at, 1)
 
 
+#: Commands with their own module, handed the rest of the command line: name → (module, help).
+DELEGATED = {"evaluate-weights": ("evaluation", "evaluate the committed weights of a stored Table 2 row again "
+                                                "(e.g. S = 5000) and add it to its result"),
+             "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flowbook COMMAND ...``; returns the exit status (0 done, 1 a fault of the data or the
+    numbers, 2 bad input or a refusal, 3 stopped after checkpointing: run it again), never a traceback for
+    an error the user can act on (:func:`flowbook.options.run_main`)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["data"]:  # python -m flowbook data fetch ... → flowbook/datacli.py
-        from .datacli import main as data_main
-        return data_main(argv[1:])
-    if argv[:1] == ["evaluate-weights"]:  # S = 5000 for a stored row → flowbook/evaluation.py
-        from .evaluation import main as evaluate_main
-        return evaluate_main(argv[1:])
+    if argv[:1] and argv[0] in DELEGATED:
+        import importlib
+
+        module = importlib.import_module(f".{DELEGATED[argv[0]][0]}", __package__)
+        return module.main(argv[1:])
+    prog = "python -m flowbook" + (f" {argv[0]}" if argv[:1] and argv[0] in ("train", "eval") else "")
+    return run_main(prog, lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowbook", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in ("train", "eval"):
         p = sub.add_parser(name, help=f"{name} DLGM rows on binarized MNIST (Table 2)")
         add_run_arguments(p, modes=("fast", "stored", "full"), ckpt_dir="data/checkpoints", train=name == "train")
-        p.add_argument("--flow", default="planar", choices=("planar", "radial", "nice"))
-        p.add_argument("--K", type=int, default=0, help="flow length (0: diagonal Gaussian)")
-        p.add_argument("--rows", help="several rows trained together, e.g. planar:0,planar:10,nice:10")
+        p.add_argument("--flow", choices=("planar", "radial", "nice"), help="flow of the row (default: planar)")
+        p.add_argument("--K", type=int, help="flow length (default 0: diagonal Gaussian)")
+        p.add_argument("--rows", help="several rows trained together, e.g. planar:0,planar:10,nice:10 "
+                                      "(instead of --flow and --K)")
         p.add_argument("--optimizer", choices=("rmsprop", "adam"))
         p.add_argument("--lr", type=float)
         p.add_argument("--lr-final", dest="lr_final", type=float, help="cosine decay of the rate to this value")
@@ -104,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--momentum", type=float)
         p.add_argument("--beta-warmup", dest="beta_warmup", type=float)
         p.add_argument("--batch-size", dest="batch_size", type=int)
-        p.add_argument("--hidden", type=int, help="maxout layer width (see --maxout-units)")
+        p.add_argument("--hidden", type=int, help=f"maxout layer width (see --maxout-units; at most {MAX_HIDDEN})")
         p.add_argument("--maxout-units", dest="maxout_units", choices=("pre_activations", "outputs"),
                        help="what --hidden counts: pre-activations (default, 400 → 100 outputs) or outputs")
         p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -114,31 +145,37 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--compile", action="store_true", help="torch.compile the loss (for long GPU runs)")
             p.add_argument("--no-eval", dest="no_eval", action="store_true",
                            help="do not evaluate when training ends (run `eval` later)")
+    for name, (_, help) in DELEGATED.items():  # listed in --help; main() hands them to their module
+        sub.add_parser(name, help=help, add_help=False)
     args = parse_checked(parser, argv, _check)
-    from .checkpoints import CheckpointError
-    from .runner import command_line, finish, load_finished_run, pick_device, refuse_stored_results, train_command
+    from .runner import (command_line, finish, load_finished_run, needs_evaluation, pick_device, stored_rows,
+                         train_command)
 
     cfg = _config(args)
+    weights_dir = weights_dir_for(args)
+    add_evaluations = args.command == "eval"
     if args.command == "train":
         run = train_command(cfg, args, prog=parser.prog, evaluate=not args.no_eval, ckpt_every=args.ckpt_every,
                             stop_at=args.stop_at, progress=args.progress, compile=args.compile)
         if isinstance(run, int) or args.no_eval:
             return run if isinstance(run, int) else 0
     else:
+        stored = stored_rows(cfg, args.out, weights_dir, args.overwrite)
+        if all(record is not None and not needs_evaluation(record, cfg) for record in stored.values()):
+            print(f"done: {', '.join(str(Path(args.out) / f'{name}.json') for name in stored)} already hold this "
+                  f"evaluation ({cfg.eval_points} test points, S = {cfg.eval_samples}); nothing changed")
+            return 0
+        if args.threads:
+            torch.set_num_threads(args.threads)
         try:
-            refuse_stored_results(cfg, args.out, args.overwrite)
-            if args.threads:
-                torch.set_num_threads(args.threads)
             run = load_finished_run(cfg, args.ckpt_dir, pick_device(args.device))
-        except (FileExistsError, CheckpointError) as err:
-            # eval has no --restart: the hint points to the train command
-            print(f"{parser.prog} eval: error: " + str(err).replace("the same command with --restart",
-                                                                    "the train command with --restart"),
-                  file=sys.stderr)
-            return 2
+        except CheckpointError as err:  # eval has no --restart: the hint points to the train command
+            raise CheckpointError(str(err).replace("the same command with --restart",
+                                                   "the train command with --restart")) from None
     t0 = time.perf_counter()
     metrics = finish(run, device=pick_device(args.device), out_dir=args.out, command=command_line(parser.prog, argv),
-                     progress=args.progress, weights_dir=weights_dir_for(args), overwrite=args.overwrite)
+                     progress=args.progress, weights_dir=weights_dir, overwrite=args.overwrite,
+                     add_evaluations=add_evaluations)
     for name, m in metrics.items():
         print(f"{name}: -ELBO {m['neg_elbo']:.2f}  -ln p(x) {m['neg_log_p']:.2f} (S={m['samples']}, "
               f"{m['points']} test points)  KL {m['kl']:.2f}")

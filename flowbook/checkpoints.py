@@ -134,8 +134,9 @@ def open_checkpoint(cfg: RunConfig, ckpt_dir: str | Path, *, restart: bool = Fal
 def load_checkpoint(path: Path, cfg: RunConfig, device: str | torch.device = "cpu",
                     keys: Sequence[str] = KEYS) -> dict[str, Any]:
     """Read a checkpoint of ``cfg``; raise :class:`CheckpointError` naming the file when it cannot be
-    read, lacks one of ``keys``, or was written by another training configuration (its ``config`` is
-    compared field by field, not only through the digest in its name; evaluation settings may differ)."""
+    read, lacks one of ``keys``, holds non-finite parameters (a diverged run), or was written by another
+    training configuration (its ``config`` is compared field by field, not only through the digest in its
+    name; evaluation settings may differ)."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # truncated, random or empty files fail in torch/pickle with many types
@@ -145,6 +146,11 @@ def load_checkpoint(path: Path, cfg: RunConfig, device: str | torch.device = "cp
     if missing:
         raise CheckpointError(f"checkpoint {path} is damaged or not a flowbook checkpoint (it lacks {missing}); "
                               f"{RESTART_HINT}")
+    params = state["model"].values() if isinstance(state["model"], dict) else ()
+    if not all(bool(torch.isfinite(t).all()) for t in params if torch.is_tensor(t) and t.is_floating_point()):
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite parameters (its run diverged before it "
+                              f"was saved): {RESTART_HINT} (a lower --lr is a new configuration with its own "
+                              "checkpoint)")
     stored, wanted = _train_fields(state["config"]), _train_fields(asdict(cfg))
     if stored != wanted:
         absent = "<absent>"

@@ -44,7 +44,7 @@ from . import data as fdata
 from . import runner
 from .models import DLGM, DLGMConfig
 from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
-                      parse_checked, weights_dir_for)
+                      parse_checked, run_main, weights_dir_for)
 from .train import Run, TrainConfig, evaluate
 
 __all__ = ["PATCH_SIZE", "PATCH_DIM", "EPS", "LATENT", "KS", "PAPER_TABLE3", "CifarConfig", "FAST", "FULL",
@@ -296,8 +296,14 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flowbook.cifar train ...``: train the four rows of Table 3 together, then evaluate."""
+    """``python -m flowbook.cifar train ...``: train the four rows of Table 3 together, then evaluate.
+    Returns the exit status (:func:`flowbook.runner.train_command`'s; 1 for a fault of the data or the
+    numbers, with one line, :func:`flowbook.options.run_main`)."""
     argv = sys.argv[1:] if argv is None else argv
+    return run_main("python -m flowbook.cifar", lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowbook.cifar", description=main.__doc__)
     parser.add_argument("command", choices=("train",))
     add_run_arguments(parser, modes=PRESETS, ckpt_dir="data/checkpoints/cifar10")

@@ -119,6 +119,18 @@ def fetch(root: str | os.PathLike | None = None, shared: str | os.PathLike | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flowbook data fetch ...``: returns the exit status (0 ready, 1 not ready, 2 bad
+    input, e.g. a data root that is a file), with one line instead of a traceback for an error the user
+    can act on (:func:`flowbook.options.run_main`)."""
+    from .options import run_main
+
+    argv = sys.argv[1:] if argv is None else argv
+    return run_main("python -m flowbook.datacli", lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    from .options import OptionError
+
     parser = argparse.ArgumentParser(prog="python -m flowbook.datacli",
                                      description="Prepare flowbook's data root (MNIST and CIFAR-10).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "(default: $FLOWBOOK_SHARED, else ../shared beside the clone)")
     p.add_argument("--offline", action="store_true", help="never try torchvision's download")
     args = parser.parse_args(argv)
+    if args.root is not None and Path(args.root).expanduser().exists() and not Path(args.root).expanduser().is_dir():
+        raise OptionError(f"--root {args.root} is a file, not a directory; give a directory for the datasets")
+    try:
+        data.data_root(args.root)  # FLOWBOOK_DATA pointing at a file, a parent that is a file, no permission
+    except data.DataFileError as err:
+        raise OptionError(str(err)) from None
     return fetch(args.root, args.shared, allow_download=not args.offline)
 
 

@@ -96,9 +96,7 @@ def evaluate_resumable(model: DLGM, x_test: Tensor, samples: int, state_path: st
         except Exception as err:  # torch raises several types for truncated or foreign files
             raise ValueError(f"{state_path} is not a readable evaluation state ({type(err).__name__}); "
                              "delete it to start the evaluation over") from err
-        if not isinstance(state, dict) or {k: state.get(k) for k in key} != key:
-            raise ValueError(f"{state_path} belongs to another evaluation (weights, samples, seed, batch or "
-                             "points differ); delete it to start this one")
+        _check_state(state, key, state_path)
         ne, nl, seconds = list(state["neg_elbo"].split(batch)), list(state["neg_log_p"].split(batch)), state["seconds"]
 
     def save() -> None:
@@ -134,14 +132,42 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flowbook evaluate-weights NAME --samples 5000``: evaluate the committed weights
     ``data/weights/NAME.pt`` of a stored Table 2 row on the whole test set and add the evaluation to
     ``data/results/NAME.json`` (:func:`flowbook.results.add_evaluation`). Resumable: with
-    ``--max-minutes`` it stops after that long, saving its progress, and exits 3; run it again to continue."""
+    ``--max-minutes`` it stops after that long, saving its progress, and exits 3; run it again to continue.
+    An evaluation the result already holds (same samples, points and seed) is not run again (exit 0)."""
+    import sys
+
+    from .options import run_main
+
+    argv = sys.argv[2:] if argv is None else argv
+    return run_main("python -m flowbook evaluate-weights", lambda: _main(argv))
+
+
+def _check_state(state: Any, key: dict[str, Any], state_path: Path) -> None:
+    """Refuse a saved evaluation state that is not one this module wrote for ``key`` (e.g. edited by
+    hand), before any point is evaluated rather than when its values are summed at the end."""
+    if not isinstance(state, dict) or {k: state.get(k) for k in key} != key:
+        raise ValueError(f"{state_path} belongs to another evaluation (weights, samples, seed, batch or "
+                         "points differ); delete it to start this one")
+    done = [state.get(k) for k in ("neg_elbo", "neg_log_p")]
+    n = done[0].shape[0] if isinstance(done[0], Tensor) and done[0].ndim == 1 else -1
+    seconds = state.get("seconds")
+    if not (all(isinstance(t, Tensor) and t.dtype == torch.float64 and t.shape == (n,)
+                and bool(torch.isfinite(t).all()) for t in done)
+            and (n % key["batch"] == 0 or n == key["points"]) and 0 <= n <= key["points"]
+            and isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+            and math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"{state_path} is not a valid evaluation state (its per-point values or its time "
+                         "are damaged or edited); delete it to start the evaluation over")
+
+
+def _main(argv: list[str]) -> int:
     import argparse
     import sys
 
     from . import data as fdata
     from . import pretrained
-    from .options import OptionError, check_device, check_float, check_int
-    from .results import RESULTS_DIR, add_evaluation, load_result
+    from .options import MAX_SEED, OptionError, check_device, check_float, check_int, check_writable_dir
+    from .results import RESULTS_DIR, add_evaluation, find_evaluation, load_result
     from .runner import command_line, pick_device
 
     parser = argparse.ArgumentParser(prog="python -m flowbook evaluate-weights",
@@ -158,49 +184,52 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     weights = pretrained.WEIGHTS_DIR / f"{args.name}.pt"
     result = RESULTS_DIR / f"{args.name}.json"
-    try:
-        check_int("--samples", args.samples, 1)
-        check_int("--points", args.points, 1, 10_000, " (the test set)")
-        check_int("--seed", args.seed, 0)
-        check_int("--threads", args.threads, 1)
-        check_float("--max-minutes", args.max_minutes, 0.0)
-        if not args.name.startswith("mnist_"):
-            raise OptionError(f"NAME must be a stored MNIST row (mnist_...), got {args.name!r}")
-        for path in (weights, result):
-            if not path.is_file():
-                raise OptionError(f"no file {path}: NAME must name a stored row with weights and result "
-                                  f"(see {pretrained.WEIGHTS_DIR})")
-        check_device("--device", args.device)
-    except OptionError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    check_int("--samples", args.samples, 1)
+    check_int("--points", args.points, 1, 10_000, " (the test set)")
+    check_int("--seed", args.seed, 0, MAX_SEED)
+    check_int("--threads", args.threads, 1)
+    check_float("--max-minutes", args.max_minutes, 0.0)
+    if not args.name.startswith("mnist_"):
+        raise OptionError(f"NAME must be a stored MNIST row (mnist_...), got {args.name!r}")
+    for path in (weights, result):
+        if not path.is_file():
+            raise OptionError(f"no file {path}: NAME must name a stored row with weights and result "
+                              f"(see {pretrained.WEIGHTS_DIR})")
+    check_device("--device", args.device)
+    # before the evaluation, not after it: a result that cannot be saved loses hours of work
+    check_writable_dir("--state-dir", args.state_dir)
+    check_writable_dir(f"the results directory of {args.name}", result.parent)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     try:
-        load_result(result)
+        record = load_result(result)
         model = pretrained.load_file(weights, device=device)
     except ValueError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        raise OptionError(str(err)) from None
+    if find_evaluation(record, {"samples": args.samples, "points": args.points, "seed": args.seed}) is not None:
+        print(f"done: {result} already holds this evaluation (S = {args.samples}, {args.points} test points, "
+              f"seed {args.seed}); nothing changed")
+        return 0
     state = Path(args.state_dir) / f"{args.name}_eval_S{args.samples}_n{args.points}_seed{args.seed}.pt"
     x = fdata.binarized_mnist("test")[:args.points]
     try:
         metrics = evaluate_resumable(model, x, args.samples, state, seed=args.seed, max_minutes=args.max_minutes)
     except ValueError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        raise OptionError(str(err)) from None
     if metrics is None:
         print(f"{args.name}: stopped after {args.max_minutes} min; progress in {state}; run the same command "
               "again to continue")
         return 3
-    command = command_line(parser.prog, argv if argv is not None else sys.argv[2:])
-    add_evaluation(result, {**metrics, "seed": args.seed, "batch": 100, "weights": f"data/weights/{args.name}.pt",
-                            "binarization": fdata.binarized_mnist_source(),
-                            "torch_threads": torch.get_num_threads()},
-                   device=device, command=command)
+    command = command_line(parser.prog, argv)
+    added = add_evaluation(result, {**metrics, "seed": args.seed, "batch": 100,
+                                    "weights": f"data/weights/{args.name}.pt",
+                                    "binarization": fdata.binarized_mnist_source(),
+                                    "torch_threads": torch.get_num_threads()},
+                           device=device, command=command)
     state.unlink(missing_ok=True)
+    where = f"added to {result}" if added else f"{result} already held this evaluation (added meanwhile); unchanged"
     print(f"{args.name}: -ELBO {metrics['neg_elbo']:.2f}  -ln p(x) {metrics['neg_log_p']:.2f} ± "
-          f"{metrics['neg_log_p_sem']:.2f} (S={args.samples}, {metrics['points']} test points)  KL {metrics['kl']:.2f}; "
-          f"{metrics['eval_seconds']:.0f} s; added to {result}")
+          f"{metrics['neg_log_p_sem']:.2f} (S={args.samples}, {metrics['points']} test points)  "
+          f"KL {metrics['kl']:.2f}; {metrics['eval_seconds']:.0f} s; {where}")
     return 0

@@ -32,9 +32,15 @@ from typing import Any, Iterable
 SOLUTION_TAG = "solution"
 
 
+class NotebookError(ValueError):
+    """A source that is not a usable notebook, or an ``--out`` that cannot take the copies; the message
+    names the file and what to do (the command prints it as one line, exit status 2)."""
+
+
 def is_solution(cell: dict[str, Any], tag: str = SOLUTION_TAG) -> bool:
     """True when the cell's ``metadata.tags`` contains ``tag``."""
-    tags = cell.get("metadata", {}).get("tags", [])
+    metadata = cell.get("metadata") if isinstance(cell, dict) else None
+    tags = metadata.get("tags", []) if isinstance(metadata, dict) else []
     return isinstance(tags, list) and tag in tags
 
 
@@ -51,48 +57,103 @@ def strip_notebook(nb: dict[str, Any], *, clear_outputs: bool = False,
     see empty cells and no results of the code they are meant to write or run themselves.
     """
     if not isinstance(nb.get("cells"), list):
-        raise ValueError("not a Jupyter notebook (nbformat 4): it has no 'cells' list")
+        raise NotebookError("not a Jupyter notebook (nbformat 4): it has no 'cells' list")
     out = json.loads(json.dumps(nb))  # deep copy; notebooks are plain JSON
     out["cells"] = [cell for cell in out["cells"] if not is_solution(cell, tag)]
     if clear_outputs:
         for cell in out["cells"]:
-            if cell.get("cell_type") == "code":
+            if isinstance(cell, dict) and cell.get("cell_type") == "code":
                 cell["outputs"] = []
                 cell["execution_count"] = None
         # Stored widget state belongs to outputs that no longer exist.
-        out.get("metadata", {}).pop("widgets", None)
+        if isinstance(out.get("metadata"), dict):
+            out["metadata"].pop("widgets", None)
     return out
 
 
 def read_notebook(path: Path) -> dict[str, Any]:
+    """The notebook at ``path`` as parsed JSON; :class:`NotebookError` naming the file when it cannot be
+    read, is not UTF-8 JSON, or is not an nbformat-4 notebook (an object with a list of cells, each an
+    object, and object or absent metadata)."""
     try:
-        nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"cannot read notebook {path}: {err}. Pass .ipynb files (nbformat 4).") from err
+        nb = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NotebookError(f"cannot read notebook {path}: {err}. Pass .ipynb files (nbformat 4).") from None
+    if not isinstance(nb, dict):
+        raise NotebookError(f"{path} holds a JSON {type(nb).__name__}, not a notebook (a JSON object with "
+                            "cells). Pass .ipynb files (nbformat 4).")
     if nb.get("nbformat") != 4:
-        raise SystemExit(f"{path} is nbformat {nb.get('nbformat')!r}; only nbformat 4 is supported. "
-                         "Upgrade it with `jupyter nbconvert --to notebook --inplace`.")
+        raise NotebookError(f"{path} is nbformat {nb.get('nbformat')!r}; only nbformat 4 is supported. "
+                            "Upgrade it with `jupyter nbconvert --to notebook --inplace`.")
+    cells = nb.get("cells")
+    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells) \
+            or not isinstance(nb.get("metadata", {}), dict):
+        raise NotebookError(f"{path} is not a valid nbformat-4 notebook (it needs a list of cells, each an "
+                            "object, and object metadata); repair it in Jupyter and save it again.")
     return nb
 
 
 def write_notebook(nb: dict[str, Any], path: Path) -> None:
+    """Write ``nb`` to ``path`` as a new file: a temporary beside it renamed into place, so that a link
+    at ``path`` (a hardlink or symlink to a source, say) is replaced, never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same layout as Jupyter writes (indent 1, unicode kept), so diffs against the source stay small.
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        # Same layout as Jupyter writes (indent 1, unicode kept), so diffs against the source stay small.
+        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    # the same file under any name: the same path, a symlink or a hardlink
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if missing and check that files can be written there; :class:`NotebookError`
+    (naming it and the fix) when it is a file or not writable."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotebookError(f"--out {out_dir} is a file, not a directory; choose a directory for the copies")
+    probe = out_dir / f".write-test-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise NotebookError(f"--out {out_dir}: cannot write there ({err.strerror or err}); fix its permissions "
+                            "or choose another directory") from None
 
 
 def strip_files(sources: Iterable[Path], out_dir: Path, *, clear_outputs: bool = False,
                 tag: str = SOLUTION_TAG) -> list[tuple[Path, int]]:
-    """Strip each source into ``out_dir/<name>``; returns ``(written path, cells removed)`` pairs."""
+    """Strip each source into ``out_dir/<name>``; returns ``(written path, cells removed)`` pairs.
+
+    Every source is read and checked before anything is written, so that a bad one writes nothing:
+    :class:`NotebookError` when a source is not a notebook, two sources have the same file name (one
+    copy would replace the other), a copy would be the source itself (same path, symlink or hardlink:
+    the source would lose its solutions) or ``out_dir`` cannot be written. The sources are never
+    modified: a file already at a copy's name is replaced, not written through."""
     out_dir = Path(out_dir)
-    written = []
+    sources = [Path(src) for src in sources]
+    seen: dict[str, Path] = {}
     for src in sources:
-        src = Path(src)
-        dest = out_dir / src.name
-        if dest.resolve() == src.resolve():
-            raise SystemExit(f"refusing to overwrite the source {src}: choose another --out directory")
-        nb = read_notebook(src)
+        if src.name in seen:
+            raise NotebookError(f"{seen[src.name]} and {src} have the same name, so one copy in {out_dir} would "
+                                "replace the other; strip them into different --out directories")
+        seen[src.name] = src
+        if _same_file(out_dir / src.name, src):
+            raise NotebookError(f"refusing to overwrite the source {src}: choose another --out directory")
+    notebooks = [(src, read_notebook(src)) for src in sources]
+    check_out_dir(out_dir)
+    written = []
+    for src, nb in notebooks:
         stripped = strip_notebook(nb, clear_outputs=clear_outputs, tag=tag)
+        dest = out_dir / src.name
         write_notebook(stripped, dest)
         written.append((dest, len(nb["cells"]) - len(stripped["cells"])))
     return written
@@ -127,7 +188,7 @@ def student_book(root: str | os.PathLike, dest: str | os.PathLike, *, config: st
 
     root, dest = Path(root).resolve(), Path(dest)
     if dest.exists() and any(dest.iterdir()):
-        raise SystemExit(f"{dest} is not empty: choose a new folder for the student edition")
+        raise NotebookError(f"{dest} is not empty: choose a new folder for the student edition")
     dest.mkdir(parents=True, exist_ok=True)
     for entry in sorted(root.iterdir()):
         if entry.name in NOT_BOOK or entry.name.startswith(".") or entry.name.endswith(".egg-info"):
@@ -180,7 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("sources", nargs="+", type=Path, metavar="SRC")
     count.add_argument("--tag", default=SOLUTION_TAG)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except NotebookError as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "strip":
         for dest, removed in strip_files(args.sources, args.out, clear_outputs=args.clear_outputs,
                                          tag=args.tag):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +22,8 @@ import torch
 
 from .results import ensure_writable_dir
 
-__all__ = ["OptionError", "MAX_K", "MAX_SEED", "check_int", "check_float", "check_device", "check_label",
+__all__ = ["OptionError", "MAX_K", "MAX_SEED", "MAX_HIDDEN", "run_main", "default_mode",
+           "check_int", "check_float", "check_device", "check_label",
            "check_writable_dir", "add_run_arguments", "check_run_options", "parse_checked", "weights_dir_for",
            "config_from_args"]
 
@@ -28,12 +31,48 @@ __all__ = ["OptionError", "MAX_K", "MAX_SEED", "check_int", "check_float", "chec
 #: almost surely a typo (and its per-layer loop would take hours per update on a CPU).
 MAX_K = 1000
 MAX_SEED = 2**32 - 1
+#: Widest maxout layer the command line accepts: 25 times the paper's 400 (§6.2). A typo beyond it (say
+#: 400000000) would otherwise ask torch for terabytes before anything else fails.
+MAX_HIDDEN = 10_000
 
 C = TypeVar("C")
 
 
 class OptionError(ValueError):
     """An option value out of its range; the message is one line naming the option and the range."""
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's ``body`` and return its exit status; an error the user can act on ends it with one
+    line on stderr, ``<prog>: error: <message>`` (the message names the option or file and the fix),
+    instead of a traceback: status 2 for bad input (:class:`OptionError`, a stored file the command will
+    not replace (FileExistsError), an unusable checkpoint (:class:`~flowbook.checkpoints.CheckpointError`)),
+    1 for a fault of the data, the numbers or the disk (:class:`~flowbook.data.DataFileError`,
+    FloatingPointError, OSError). Every command's ``main`` runs through it, so no command shows a
+    traceback for these."""
+    from .checkpoints import CheckpointError
+    from .data import DataFileError
+
+    try:
+        return body()
+    except (OptionError, FileExistsError, CheckpointError) as err:
+        status, message = 2, str(err)
+    except (DataFileError, FloatingPointError, OSError) as err:
+        status, message = 1, str(err)
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def default_mode(modes: Iterable[str]) -> str:
+    """``--mode``'s default: ``$FLOWBOOK_MODE``, the variable the chapters read
+    (:func:`flowbook.notebook.get_mode`), when it is set, else ``fast``; a value that is not one of
+    ``modes`` raises :class:`OptionError`."""
+    modes = tuple(modes)
+    mode = os.environ.get("FLOWBOOK_MODE", "").strip().lower() or "fast"
+    if mode not in modes:
+        raise OptionError(f"FLOWBOOK_MODE={mode!r} is not a mode of this command; set it to one of "
+                          f"{', '.join(modes)}, or unset it")
+    return mode
 
 
 def check_int(option: str, value: int | None, lo: int, hi: int | None = None, why: str = "") -> None:
@@ -102,8 +141,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, modes: Iterable[str], 
                       train: bool = True) -> None:
     """The options every training command has: mode, schedule, evaluation, label, device, directories,
     ``--overwrite``; with ``train``, also ``--max-minutes`` and ``--restart``."""
-    parser.add_argument("--mode", default="fast", choices=tuple(modes),
-                        help="fast (minutes on a CPU), stored (the committed CPU rows), full (the paper's protocol)")
+    parser.add_argument("--mode", default=default_mode(modes), choices=tuple(modes),
+                        help="fast (minutes on a CPU), stored (the committed CPU rows), full (the paper's "
+                             "protocol); default: $FLOWBOOK_MODE, else fast")
     parser.add_argument("--updates", type=int)
     parser.add_argument("--seed", type=int, help="seed of the initialization, minibatches and noise")
     parser.add_argument("--eval-points", dest="eval_points", type=int, help="test points evaluated")

@@ -6,12 +6,15 @@ configuration of the run that produced it, so a reader can trace a number in the
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import math
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -103,23 +106,67 @@ def _write_atomic(path: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+#: Lock files this process holds (:func:`name_lock`), so that a holder may take its own lock again:
+#: ``flock`` locks belong to an open file, and a second open of the same file in one process would wait
+#: for the first for ever.
+_HELD: set[Path] = set()
+
+
+@contextmanager
+def name_lock(directory: Path | str, name: str) -> Iterator[Path]:
+    """Hold the exclusive lock of the stored row ``name`` in ``directory`` (``<directory>/.<name>.lock``,
+    created if missing and never deleted, since deleting a lock file lets two processes lock two files).
+
+    Every writer of a row's result and weights holds it (:func:`flowbook.runner.finish` for the pair,
+    :func:`add_evaluation`), so that a writer sees the row as the last one left it and its check ("is
+    this my configuration's row?") is still true when it writes. Re-entrant within one process; waits for
+    another process's lock. Yields the lock file's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = (directory / f".{name}.lock").resolve()
+    if lock in _HELD:
+        yield lock
+        return
+    with open(lock, "a", encoding="utf-8") as f:  # "a": creates the file but never truncates a held one
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _HELD.add(lock)
+        try:
+            yield lock
+        finally:
+            _HELD.discard(lock)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def add_evaluation(path: Path | str, evaluation: dict[str, Any], *, device: torch.device | str,
-                   command: str | None = None) -> Path:
+                   command: str | None = None) -> bool:
     """Add a later evaluation of a stored run (e.g. with more importance samples) to its result file.
 
-    The entry goes to the record's ``evaluations`` list with its own provenance (command, commit, device,
-    date); an earlier entry with the same ``samples``, ``points`` and ``seed`` is replaced. The record's
-    own fields, which describe the run that trained the weights, are left as they are."""
+    The entry goes to the end of the record's ``evaluations`` list with its own provenance (command,
+    commit, device, date). Evaluations are only ever appended: when an entry with the same ``samples``,
+    ``points`` and ``seed`` is already there, nothing changes and False is returned (True: added). The
+    record's own fields, which describe the run that trained the weights, are left as they are. The
+    file is read and written under the row's :func:`name_lock`, so concurrent additions all arrive."""
     path = Path(path)
-    record = load_result(path)
     entry = {"command": command if command is not None else " ".join([Path(sys.executable).name] + sys.argv),
              "commit": git_commit(), "device": describe_device(device),
              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "torch": torch.__version__, **evaluation}
+    with name_lock(path.parent, path.stem):
+        record = load_result(path)
+        if find_evaluation(record, entry) is not None:
+            return False
+        record["evaluations"] = [*record.get("evaluations", []), entry]
+        _write_atomic(path, record)
+    return True
+
+
+def find_evaluation(record: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """The entry of ``record["evaluations"]`` with ``wanted``'s ``samples``, ``points`` and ``seed``, or None."""
     key = ("samples", "points", "seed")
-    kept = [e for e in record.get("evaluations", []) if tuple(e.get(k) for k in key) != tuple(entry.get(k) for k in key)]
-    record["evaluations"] = kept + [entry]
-    return _write_atomic(path, record)
+    for entry in record.get("evaluations") or []:
+        if isinstance(entry, dict) and all(entry.get(k) == wanted.get(k) for k in key):
+            return entry
+    return None
 
 
 def evaluation(record: dict[str, Any], samples: int | None = None) -> dict[str, Any]:

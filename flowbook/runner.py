@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,13 +34,13 @@ import torch
 from torch import Tensor
 
 from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
-from .results import describe_device, save_result
+from .results import add_evaluation, describe_device, name_lock, save_result
 
 if TYPE_CHECKING:  # flowbook.train imports this module
     from .train import Run, TrainConfig
 
-__all__ = ["RunConfig", "pick_device", "config_digest", "refuse_overwrite", "refuse_stored_results", "write_result",
-           "command_line", "train_command", "load_finished_run", "finish"]
+__all__ = ["RunConfig", "pick_device", "config_digest", "refuse_overwrite", "stored_rows", "write_result",
+           "command_line", "train_command", "needs_evaluation", "load_finished_run", "finish"]
 
 
 class RunConfig(Protocol):
@@ -88,12 +90,47 @@ def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: s
                               "or pass --overwrite to replace it")
 
 
-def refuse_stored_results(cfg: TrainConfig, out_dir: str | Path, overwrite: bool) -> list[Path]:
-    """:func:`refuse_overwrite` for the result file of every row of ``cfg``; returns their paths."""
-    paths = [Path(out_dir) / f"{cfg.result_name(flow, K)}.json" for flow, K in cfg.rows]
-    for path in paths:
-        refuse_overwrite(path, cfg, overwrite)
-    return paths
+def _this_configurations(path: Path, cfg: RunConfig) -> dict | None:
+    """The stored result at ``path`` when :meth:`~RunConfig.trained_config` of it is ``cfg`` (a finished
+    run of this configuration: only finished runs write results), else None (absent, unreadable, other)."""
+    try:
+        record = json.loads(path.read_text())
+        stored = cfg.trained_config(record["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(stored, dict) and config_digest(stored) == cfg.digest() else None
+
+
+def stored_rows(cfg: TrainConfig, out_dir: str | Path, weights_dir: str | Path | None,
+                overwrite: bool) -> dict[str, dict | None]:
+    """What is stored of every row of ``cfg``: {row name: its stored result when it is this
+    configuration's finished run (with its weights, when ``weights_dir`` is given), else None: the row
+    is new, or ``overwrite`` lets it be replaced}.
+
+    Raises FileExistsError (without ``overwrite``) when writing a row would replace a file that is not
+    this configuration's: a result of another configuration in ``out_dir``, or weights in ``weights_dir``
+    beside which ``out_dir`` holds no result of this configuration (e.g. ``--out`` elsewhere and the
+    committed ``data/weights``). Called before training and again under the rows' locks just before
+    writing (:func:`finish`), so that of two runs writing one name the second is refused."""
+    out: dict[str, dict | None] = {}
+    for flow, K in cfg.rows:
+        name = cfg.result_name(flow, K)
+        out[name] = None
+        if overwrite:
+            continue
+        result = Path(out_dir) / f"{name}.json"
+        weights = Path(weights_dir) / f"{name}.pt" if weights_dir is not None else None
+        refuse_overwrite(result, cfg, overwrite)
+        record = _this_configurations(result, cfg)
+        if weights is not None and weights.exists() and record is None:
+            raise FileExistsError(f"{weights} exists and {result} is not this configuration's result, so the "
+                                  "weights belong to another run; give the run a --label or another "
+                                  "--weights-dir, or pass --overwrite to replace them")
+        if weights is not None and record is not None and not weights.exists():
+            raise FileExistsError(f"{result} is this configuration's result but its weights {weights} are "
+                                  "missing; pass --overwrite to evaluate again and write both")
+        out[name] = record
+    return out
 
 
 def write_result(name: str, cfg: RunConfig, *, out_dir: str | Path, config: dict[str, Any], metrics: dict[str, Any],
@@ -101,12 +138,14 @@ def write_result(name: str, cfg: RunConfig, *, out_dir: str | Path, config: dict
                  overwrite: bool = False, name_option: str = "--label") -> Path:
     """Write ``<out_dir>/<name>.json`` with provenance (:func:`flowbook.results.save_result`: command,
     commit, device, date, wall time, ``config``), unless it holds a result of another configuration
-    (:func:`refuse_overwrite`, FileExistsError, suggesting ``name_option``); returns its path. ``config``
-    must hold ``cfg``'s fields where :meth:`~RunConfig.trained_config` looks for them, so that the next run
+    (:func:`refuse_overwrite`, FileExistsError, suggesting ``name_option``); returns its path. The check
+    and the write happen under the name's :func:`~flowbook.results.name_lock`. ``config`` must hold
+    ``cfg``'s fields where :meth:`~RunConfig.trained_config` looks for them, so that the next run
     recognizes the file."""
-    refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite, name_option)
-    return save_result(name, config=config, metrics=metrics, device=device, command=command,
-                       wall_time_s=wall_time_s, directory=out_dir)
+    with name_lock(out_dir, name):
+        refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite, name_option)
+        return save_result(name, config=config, metrics=metrics, device=device, command=command,
+                           wall_time_s=wall_time_s, directory=out_dir)
 
 
 def command_line(prog: str, argv: list[str]) -> str:
@@ -116,20 +155,31 @@ def command_line(prog: str, argv: list[str]) -> str:
 
 def train_command(cfg: TrainConfig, args: argparse.Namespace, *, prog: str, evaluate: bool = True,
                   **train_options: Any) -> Run | int:
-    """A command line's training step: refuse a stored result of another configuration now (not after
-    hours of training; only when the run will ``evaluate``), set ``--threads``, pick ``--device``, and
-    train from ``--ckpt-dir`` (resuming; ``--restart``, ``--max-minutes``). Returns the finished
-    :class:`~flowbook.train.Run`, or the exit status: 2 when something was refused (one line on
-    stderr), 3 when the run stopped before its last update (checkpointed; run the command again)."""
+    """A command line's training step: refuse now (not after hours of training; only when the run will
+    ``evaluate``) a row whose result or weights belong to another run (:func:`stored_rows`), stop at
+    once when every row is already this configuration's finished run, set ``--threads``, pick
+    ``--device``, and train from ``--ckpt-dir`` (resuming; ``--restart``, ``--max-minutes``). Returns the
+    finished :class:`~flowbook.train.Run`, or the exit status: 0 when every row was already done (nothing
+    changed), 2 when something was refused (one line on stderr), 3 when the run stopped before its last
+    update (checkpointed; run the command again)."""
+    from .options import weights_dir_for
     from .train import train
 
     error = f"{prog} {args.command}: error: "
-    try:
-        if evaluate:
-            refuse_stored_results(cfg, args.out, args.overwrite)
-    except FileExistsError as err:
-        print(error + str(err), file=sys.stderr)
-        return 2
+    if evaluate:
+        weights_dir = weights_dir_for(args)
+        try:
+            stored = stored_rows(cfg, args.out, weights_dir, args.overwrite)
+        except FileExistsError as err:
+            print(error + str(err), file=sys.stderr)
+            return 2
+        if all(record is not None for record in stored.values()):
+            files = [str(Path(args.out) / f"{name}.json") for name in stored]
+            if weights_dir is not None:
+                files += [str(Path(weights_dir) / f"{name}.pt") for name in stored]
+            print(f"done: this configuration is trained and evaluated, in {', '.join(files)}; nothing changed "
+                  "(`eval` evaluates it again, --overwrite trains it again)")
+            return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -146,6 +196,26 @@ def train_command(cfg: TrainConfig, args: argparse.Namespace, *, prog: str, eval
     print(f"trained {len(cfg.rows)} row(s) for {cfg.updates} updates on {describe_device(device)} "
           f"({run.train_seconds:.0f} s)")
     return run
+
+
+def needs_evaluation(record: dict, cfg: TrainConfig) -> bool:
+    """Whether a stored result of ``cfg`` lacks the evaluation ``cfg`` asks for (``eval_points`` test
+    points, S = ``eval_samples``): False when the run's own evaluation or an added one has exactly these
+    (done); True when they are at least the run's own. Fewer points or samples than the stored evaluation
+    raise :class:`~flowbook.options.OptionError`: a stored evaluation is never replaced by a smaller one."""
+    from .options import OptionError
+
+    own = record.get("metrics") or {}
+    every = [own, *(record.get("evaluations") or [])]
+    if any(isinstance(e, dict) and (e.get("points"), e.get("samples")) == (cfg.eval_points, cfg.eval_samples)
+           for e in every):
+        return False
+    points, samples = own.get("points", 0), own.get("samples", 0)
+    if cfg.eval_points < points or cfg.eval_samples < samples:
+        raise OptionError(f"{record.get('name')} is stored with an evaluation on {points} test points with "
+                          f"S = {samples}; --eval-points {cfg.eval_points} --eval-samples {cfg.eval_samples} is "
+                          "smaller and would not replace it: ask for at least as many (or --overwrite)")
+    return True
 
 
 def load_finished_run(cfg: TrainConfig, ckpt_dir: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -172,45 +242,90 @@ def load_finished_run(cfg: TrainConfig, ckpt_dir: str | Path, device: str | torc
 
 def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, command: str | None = None,
            x_test: Tensor | None = None, progress: bool | None = None, weights_dir: str | Path | None = None,
-           overwrite: bool = False) -> dict[str, dict[str, Any]]:
+           overwrite: bool = False, add_evaluations: bool = False) -> dict[str, dict[str, Any]]:
     """Evaluate every row of a finished run on the test set and write one result JSON per row.
 
     Each row is evaluated with its best-validation parameters when the run validated
     (:meth:`flowbook.train.Run.final_rows`). With ``weights_dir``, the row's parameters are rounded to
-    float16 and saved there first (:mod:`flowbook.pretrained`), so the result describes exactly the saved
-    weights. ``x_test`` defaults to the config's test set; its first ``eval_points`` are used. Returns
-    {row name: metrics}. A result's config holds the training config, the row's model config, the data
-    used, the planar implementation, and the training and validation logs; a stored result of another
-    configuration is refused (:func:`refuse_overwrite`) before anything is evaluated."""
+    float16 first (:func:`flowbook.pretrained.round_like_saved`) and saved there with the result, so the
+    result describes exactly the saved weights. ``x_test`` defaults to the config's test set; its first
+    ``eval_points`` are used. Returns {row name: metrics}. A result's config holds the training config,
+    the row's model config, the data used, the planar implementation, and the training and validation logs.
+
+    Nothing stored is replaced without ``overwrite``: a row whose result or weights belong to another run
+    is refused (:func:`stored_rows`, FileExistsError) before anything is evaluated, and again under the
+    rows' locks (:func:`flowbook.results.name_lock`) just before writing, so that of two runs writing one
+    name the later one is refused. A row already stored by this configuration is not written again (its
+    stored metrics are returned), except that with ``add_evaluations`` an evaluation it lacks
+    (:func:`needs_evaluation`) is appended to its result (:func:`flowbook.results.add_evaluation`). Each
+    row's weights and result are written as a pair: if writing fails, every file this call wrote is
+    restored to what it was."""
     from . import pretrained
 
     cfg = run.config
     names = [cfg.result_name(flow, K) for flow, K in cfg.rows]
-    if out_dir is not None:
-        refuse_stored_results(cfg, out_dir, overwrite)
+    if weights_dir is not None and out_dir is None:
+        raise ValueError("weights are saved only with their result: give out_dir with weights_dir")
+    stored = stored_rows(cfg, out_dir, weights_dir, overwrite) if out_dir is not None else dict.fromkeys(names)
     if x_test is None:
         x_test = cfg.test_data()
     x_test = x_test[:cfg.eval_points]
     data = cfg.data_record()
-    out = {}
+    out, evaluated = {}, []
     for r, (row, name) in enumerate(zip(run.final_rows(), names)):
+        if stored[name] is not None and not (add_evaluations and needs_evaluation(stored[name], cfg)):
+            out[name] = stored[name]["metrics"]
+            continue
         best = run.best[r] if r < len(run.best) else None
         if weights_dir is not None:
             pretrained.round_like_saved(row)
-            pretrained.save(row, name, weights_dir)
         t0 = time.perf_counter()
         metrics = cfg.row_metrics(row, x_test, progress=progress)
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
         metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
         if best is not None:
             metrics["best_valid_free_energy"] = best["free_energy"]
-        if out_dir is not None:
-            write_result(name, cfg, out_dir=out_dir, metrics=metrics, device=device, command=command,
-                         config=_result_config(run, r, row.config.to_dict(), data, device,
-                                               f"data/weights/{name}.pt" if weights_dir is not None else None),
-                         wall_time_s=run.train_seconds + metrics["eval_seconds"], overwrite=overwrite)
         out[name] = metrics
+        evaluated.append((r, row, name, metrics))
+    if out_dir is None or not evaluated:
+        return out
+    weights_of = {name: f"data/weights/{name}.pt" if weights_dir is not None else None for name in names}
+    with ExitStack() as locks:
+        for name in sorted(names):  # one order for every process: two runs never wait for each other
+            locks.enter_context(name_lock(out_dir, name))
+        stored = stored_rows(cfg, out_dir, weights_dir, overwrite)  # what other processes wrote meanwhile
+        written: list[tuple[Path, bytes | None]] = []
+        try:
+            for r, row, name, metrics in evaluated:
+                result = Path(out_dir) / f"{name}.json"
+                if stored[name] is not None:  # this configuration's row: stored before, or by a twin run meanwhile
+                    if add_evaluations:
+                        add_evaluation(result, {**metrics, "weights": weights_of[name], **data,
+                                                "torch_threads": torch.get_num_threads()},
+                                       device=device, command=command)
+                    continue
+                pair = [result] + ([Path(weights_dir) / f"{name}.pt"] if weights_dir is not None else [])
+                written += [(path, path.read_bytes() if path.exists() else None) for path in pair]
+                if weights_dir is not None:
+                    pretrained.save(row, name, weights_dir)
+                save_result(name, config=_result_config(run, r, row.config.to_dict(), data, device, weights_of[name]),
+                            metrics=metrics, device=device, command=command, directory=out_dir,
+                            wall_time_s=run.train_seconds + metrics["eval_seconds"])
+        except BaseException:
+            _restore(written)
+            raise
     return out
+
+
+def _restore(written: list[tuple[Path, bytes | None]]) -> None:
+    """Put back what each path held before (None: it did not exist), last write first."""
+    for path, before in reversed(written):
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.restore")
+            tmp.write_bytes(before)
+            os.replace(tmp, path)
 
 
 def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torch.device,

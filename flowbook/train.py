@@ -251,6 +251,25 @@ def validation_free_energy(model: DLGM | MultiDLGM, x_valid: Tensor, seed: int, 
     return (total / x_valid.shape[0]).tolist()
 
 
+#: What to do about a diverged run (after its message's first sentence).
+_DIVERGED = ("Lower the learning rate (now {lr}) or lengthen the annealing (--lr, --beta-warmup: a new "
+             "configuration, with its own checkpoint), or run the same command with --restart to start this "
+             "one over from update 0")
+
+
+def _planar_impl(cfg: TrainConfig, device: torch.device) -> str | None:
+    """Which planar chain the run's planar rows use (the compiled C kernel or the PyTorch loop, which
+    give different trajectories: :func:`flowbook.flows.planar_impl`, without its file and reasons); None
+    when no row has a planar flow. Recorded in the checkpoint, so that a resume on a machine running the
+    other one is refused instead of mixing the two. It is not a field of the config: the digests of the
+    stored runs stay what they are."""
+    from .flows import planar_impl
+
+    if not any(flow == "planar" and K > 0 for flow, K in cfg.rows):
+        return None
+    return planar_impl(device, cfg.dtype).split(" (")[0]
+
+
 def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | None = None,
           device: str | torch.device = "cpu", ckpt_dir: str | Path | None = None, ckpt_every: int = 1000,
           max_minutes: float | None = None, stop_at: int | None = None, log_every: int = 100,
@@ -296,7 +315,12 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     # running sum of the per-row free energy since the last log entry (checkpointed with the rest)
     acc = torch.zeros(R, device=device, dtype=torch.float64)
     acc_n = 0
+    impl = _planar_impl(cfg, device)
     if state is not None:
+        if "planar_impl" in state and state["planar_impl"] != impl:
+            raise CheckpointError(f"checkpoint {path} was trained with the planar chain {state['planar_impl']!r}, "
+                                  f"this machine runs {impl!r}; they give different trajectories, so resume it "
+                                  f"where it was trained, or {RESTART_HINT}")
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optim"])
@@ -311,11 +335,16 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         acc_n = state["log_acc_n"]
 
     def checkpoint() -> None:
-        if path is not None:
-            save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
-                          "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
-                          "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds,
-                          "valid_log": run.valid_log, "best": run.best}, path)
+        if path is None:
+            return
+        # never save a diverged state: a resume would start from it and diverge again
+        if not (torch.isfinite(acc).all() and all(torch.isfinite(p).all() for p in model.parameters())):
+            raise FloatingPointError(f"the parameters or the free energy became NaN or infinite by update "
+                                     f"{run.step}; checkpoint {path} was not written. {_DIVERGED.format(lr=cfg.lr)}")
+        save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
+                     "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
+                     "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds,
+                     "valid_log": run.valid_log, "best": run.best, "planar_impl": impl}, path)
 
     def validate() -> None:
         values = validation_free_energy(model, x_valid, cfg.seed + 2)
@@ -355,8 +384,8 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         if run.step % log_every == 0 or run.step == cfg.updates:
             mean = (acc / acc_n).tolist()
             if not all(math.isfinite(v) for v in mean):
-                raise FloatingPointError(f"the free energy became {mean} at update {run.step}; lower the "
-                                         f"learning rate (now {cfg.lr}) or lengthen the annealing")
+                raise FloatingPointError(f"the free energy became {mean} at update {run.step}. "
+                                         + _DIVERGED.format(lr=cfg.lr))
             run.log.append({"step": run.step, "beta": beta, "free_energy": mean})
             acc.zero_()
             acc_n = 0

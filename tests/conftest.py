@@ -29,3 +29,11 @@ def refused(capsys):
         assert len(err.strip().splitlines()) == 1, f"one line, got {err!r}"
         return err
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_mode_from_the_environment(monkeypatch):
+    """The commands' ``--mode`` defaults to ``$FLOWBOOK_MODE``: the tests run without it (fast mode), so
+    that a shell with ``FLOWBOOK_MODE=full`` does not turn a test's run into the paper's protocol; tests
+    of the variable set it themselves."""
+    monkeypatch.delenv("FLOWBOOK_MODE", raising=False)

@@ -65,18 +65,22 @@ def test_a_state_of_another_evaluation_or_a_damaged_one_is_refused(tmp_path):
         evaluate_resumable(model, x, 8, state, batch=10)
 
 
-def test_add_evaluation_keeps_the_record_and_replaces_the_same_evaluation(tmp_path):
+def test_add_evaluation_keeps_the_record_and_only_appends(tmp_path):
     path = results.save_result("r", config={"a": 1}, metrics={"neg_log_p": 90.0}, wall_time_s=1.0, device="cpu",
                                command="python -m x", directory=tmp_path)
-    results.add_evaluation(path, {"samples": 5000, "points": 10, "seed": 1, "neg_log_p": 89.0}, device="cpu",
-                           command="c1")
-    results.add_evaluation(path, {"samples": 1000, "points": 10, "seed": 1, "neg_log_p": 89.5}, device="cpu")
-    results.add_evaluation(path, {"samples": 5000, "points": 10, "seed": 1, "neg_log_p": float("nan")},
-                           device="cpu", command="c2")
+    assert results.add_evaluation(path, {"samples": 5000, "points": 10, "seed": 1, "neg_log_p": 89.0}, device="cpu",
+                                  command="c1")
+    assert results.add_evaluation(path, {"samples": 1000, "points": 10, "seed": 1, "neg_log_p": float("nan")},
+                                  device="cpu", command="c2")
+    before = path.read_bytes()
+    # the same samples, points and seed again: nothing changes (an evaluation is never replaced)
+    assert not results.add_evaluation(path, {"samples": 5000, "points": 10, "seed": 1, "neg_log_p": 1.0},
+                                      device="cpu", command="c3")
+    assert path.read_bytes() == before
     record = json.loads(path.read_text())  # strict JSON: NaN became null
     assert record["metrics"] == {"neg_log_p": 90.0} and record["command"] == "python -m x"
     assert [(e["samples"], e["command"], e["neg_log_p"]) for e in record["evaluations"]] == [
-        (1000, record["evaluations"][0]["command"], 89.5), (5000, "c2", None)]
+        (5000, "c1", 89.0), (1000, "c2", None)]
     assert {"commit", "device", "date", "torch"} <= set(record["evaluations"][1])
 
 

@@ -147,8 +147,8 @@ def test_student_book_has_no_solutions(tmp_path):
 
 
 def test_student_book_refuses_a_full_folder(tmp_path):
-    from flowbook.instructor import student_book
+    from flowbook.instructor import NotebookError, student_book
 
     (tmp_path / "keep.txt").write_text("x")
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(NotebookError, match="not empty"):
         student_book(ROOT, tmp_path)

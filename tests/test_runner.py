@@ -133,7 +133,8 @@ def _data(n: int = 200) -> torch.Tensor:
 
 
 def _args(tmp_path: Path, **changes) -> argparse.Namespace:
-    return argparse.Namespace(**{"command": "train", "out": str(tmp_path / "out"), "overwrite": False,
+    return argparse.Namespace(**{"command": "train", "mode": "fast", "weights_dir": None,
+                                 "out": str(tmp_path / "out"), "overwrite": False,
                                  "threads": None, "device": "cpu", "ckpt_dir": str(tmp_path / "ckpt"),
                                  "max_minutes": None, "restart": False, **changes})
 
@@ -145,7 +146,7 @@ def test_the_training_step_stops_with_3_resumes_and_keeps_the_checkpoint_format(
     path = checkpoint_path(cfg, tmp_path / "ckpt")
     assert f"stopped at update 4/10; checkpoint {path}" in capsys.readouterr().out
     state = torch.load(path, weights_only=False)
-    assert set(state) == {*KEYS, "valid_log", "best"} and state["step"] == 4
+    assert set(state) == {*KEYS, "valid_log", "best", "planar_impl"} and state["step"] == 4
     run = runner.train_command(cfg, _args(tmp_path), prog="prog", x_train=x, progress=False)
     assert run.finished and run.resumed_from == 4
 

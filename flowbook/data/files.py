@@ -38,15 +38,25 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     Order: the ``root`` argument, else the environment variable ``FLOWBOOK_DATA``, else
     ``<repo>/data/datasets`` when flowbook runs from a checkout (a ``pyproject.toml`` next to the
     package), else ``./data/datasets`` in the working directory (e.g. ``/content`` in Colab).
+    :class:`DataFileError` when it is a file or cannot be created.
     """
+    root_given = root is not None
     if root is None:
         root = os.environ.get("FLOWBOOK_DATA") or None
+    from_env = not root_given and root is not None
     if root is None:
         repo = Path(__file__).resolve().parents[2]  # flowbook/data/files.py → the checkout
         base = repo if (repo / "pyproject.toml").is_file() else Path.cwd()
         root = base / "data" / "datasets"
     path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    source = "the root argument" if root_given else ("FLOWBOOK_DATA" if from_env else "the default data root")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataFileError(f"{source} {path} is a file, not a directory; point it at a directory") from None
+    except OSError as err:  # a parent that is a file, no permission, a read-only disk
+        raise DataFileError(f"{source} {path} cannot be used as a directory ({err.strerror or err}); "
+                            "point it at a directory you can write") from None
     return path
 
 
