@@ -252,9 +252,9 @@ def validation_free_energy(model: DLGM | MultiDLGM, x_valid: Tensor, seed: int, 
 
 
 #: What to do about a diverged run (after its message's first sentence).
-_DIVERGED = ("Lower the learning rate (now {lr}) or lengthen the annealing (--lr, --beta-warmup: a new "
-             "configuration, with its own checkpoint), or run the same command with --restart to start this "
-             "one over from update 0")
+_DIVERGED = ("This configuration diverges: lower the learning rate (now {lr}) or lengthen the annealing "
+             "(--lr, --beta-warmup: a new configuration, with its own checkpoint); --restart deletes this "
+             "configuration's checkpoint")
 
 
 def _planar_impl(cfg: TrainConfig, device: torch.device) -> str | None:
@@ -340,7 +340,8 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         # never save a diverged state: a resume would start from it and diverge again
         if not (torch.isfinite(acc).all() and all(torch.isfinite(p).all() for p in model.parameters())):
             raise FloatingPointError(f"the parameters or the free energy became NaN or infinite by update "
-                                     f"{run.step}; checkpoint {path} was not written. {_DIVERGED.format(lr=cfg.lr)}")
+                                     f"{run.step}; checkpoint {path} was not written (any earlier one is intact). "
+                                     + _DIVERGED.format(lr=cfg.lr))
         save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
                      "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
                      "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds,
