@@ -59,7 +59,8 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         status, message = 2, str(err)
     except (DataFileError, FloatingPointError, OSError) as err:
         status, message = 1, str(err)
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    # one line even when the message quotes a multi-line one (torchvision's download errors do)
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     return status
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from flowbook import __main__ as cli
+from flowbook import data, results
 from flowbook.checkpoints import checkpoint_path
 from flowbook.train import FAST
 
@@ -49,6 +52,14 @@ def _dirs(tmp_path: Path) -> list[str]:
     (["--eval-samples", "0"], "--eval-samples must be ≥ 1"),
     (["--label", "../escape"], "--label may hold only"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    # issue 26, bug 15: one row twice (K = 0 is one diagonal row whatever the flow), --flow/--K beside --rows
+    (["--rows", "planar:0,planar:0"], "rows mnist_fast_diagonal appear twice"),
+    (["--rows", "planar:0,radial:0"], "rows mnist_fast_diagonal appear twice"),
+    (["--rows", "planar:0,planar:2", "--flow", "nice"], "give either --rows, or --flow and --K"),
+    (["--rows", "planar:0,planar:2", "--K", "2"], "give either --rows, or --flow and --K"),
+    # issue 26, bug 17: a width that would ask for terabytes; a seed that is not an integer
+    (["--hidden", "400000000"], "--hidden must be in 1..10000"),
+    (["--seed", "4294967296"], "--seed must be in 0..4294967295"),
 ])
 def test_an_out_of_range_option_is_refused_with_one_line(tmp_path, refused, command, options, names) -> None:
     err = refused(cli.main, [command, *options, *_dirs(tmp_path)])
@@ -111,3 +122,148 @@ def test_a_stored_result_of_another_configuration_is_refused_before_training(tmp
     err = capsys.readouterr().err
     assert "mnist_fast_diagonal.json holds a result of another configuration" in err and "--overwrite" in err
     assert not list((tmp_path / "ckpt").glob("*.pt")), "nothing was trained"
+
+
+#: A run of a few seconds on the real binarized MNIST.
+TINY = ["--hidden", "16", "--updates", "3", "--batch-size", "20", "--eval-points", "5", "--eval-samples", "2",
+        "--no-progress"]
+
+
+def _contents(*directories: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for d in directories if d.is_dir() for p in sorted(d.iterdir())
+            if not p.name.startswith(".")}
+
+
+def test_committed_weights_beside_no_result_of_this_run_are_not_replaced(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 26, bug 1: with --out elsewhere, stored mode's default --weights-dir (data/weights) still
+    holds the committed weights of the row; the run is refused before training, the file unchanged."""
+    monkeypatch.chdir(tmp_path)  # data/weights here is a copy of the committed one
+    weights = Path("data/weights/mnist_stored_planar_K80.pt")
+    weights.parent.mkdir(parents=True)
+    shutil.copy(ROOT / weights, weights)
+    before = weights.read_bytes()
+    argv = ["train", "--mode", "stored", "--flow", "planar", "--K", "80", "--updates", "2", "--valid-every", "0",
+            "--eval-points", "5", "--eval-samples", "2", "--ckpt-dir", "X", "--out", "Y", "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} exists and Y/mnist_stored_planar_K80.json is not this configuration's result" in err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert weights.read_bytes() == before and not list(Path("X").glob("*.pt")), "refused before training"
+
+
+def test_a_finished_command_run_again_is_done_and_eval_only_adds_evaluations(tmp_path, capsys) -> None:
+    """Issue 26, bug 3: the same train command after it finished changes nothing (its added evaluations
+    stay); eval refuses a smaller evaluation, is done on an equal one and appends a larger one."""
+    args = [*TINY, *_dirs(tmp_path), "--weights-dir", str(tmp_path / "w")]
+    assert cli.main(["train", *args]) == 0
+    result = tmp_path / "out" / "mnist_fast_diagonal.json"
+    assert results.add_evaluation(result, {"samples": 9, "points": 5, "seed": 1, "neg_log_p": 1.0}, device="cpu")
+    stored = _contents(tmp_path / "out", tmp_path / "w")
+    capsys.readouterr()
+    assert cli.main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("done:") and str(result) in out and str(tmp_path / "w" / "mnist_fast_diagonal.pt") in out
+    assert _contents(tmp_path / "out", tmp_path / "w") == stored
+
+    def evaluate(points: str, samples: str) -> int:
+        return cli.main(["eval", *args, "--eval-points", points, "--eval-samples", samples])
+
+    assert evaluate("5", "1") == 2 and evaluate("4", "3") == 2  # fewer samples, fewer points
+    assert "would not replace it" in capsys.readouterr().err
+    assert evaluate("5", "2") == 0 and "done:" in capsys.readouterr().out
+    assert _contents(tmp_path / "out", tmp_path / "w") == stored
+    assert evaluate("5", "3") == 0
+    record = json.loads(result.read_text())
+    assert record["metrics"] == json.loads(stored[result])["metrics"]
+    assert [(e["samples"], e["points"]) for e in record["evaluations"]] == [(9, 5), (3, 5)]
+    assert record["evaluations"][1]["command"].startswith("python -m flowbook eval")
+    assert (tmp_path / "w" / "mnist_fast_diagonal.pt").read_bytes() == stored[tmp_path / "w" / "mnist_fast_diagonal.pt"]
+
+
+@pytest.mark.parametrize("name", ["mnist_stored_planar_K10", "mnist_stored_updates120k_planar_K10"])
+def test_the_command_of_a_committed_row_run_again_is_done(tmp_path, monkeypatch, capsys, name) -> None:
+    """Re-running a stored row's own command (from its provenance) recognises the row as done: its
+    digest is unchanged, and nothing is trained (``--stop-at 1`` would stop a training run with 3)."""
+    monkeypatch.chdir(tmp_path)
+    for kind, ext in (("results", "json"), ("weights", "pt")):
+        Path("data", kind).mkdir(parents=True)
+        shutil.copy(ROOT / "data" / kind / f"{name}.{ext}", Path("data", kind))
+    stored = _contents(Path("data/results"), Path("data/weights"))
+    argv = shlex.split(json.loads(stored[Path(f"data/results/{name}.json")])["command"])[3:]
+    assert argv[0] == "train"
+    assert cli.main([*argv, "--ckpt-dir", "ck", "--stop-at", "1"]) == 0
+    assert capsys.readouterr().out.startswith("done:")
+    assert _contents(Path("data/results"), Path("data/weights")) == stored
+
+
+def test_flowbook_mode_is_the_default_of_mode(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 26, bug 13: FLOWBOOK_MODE=full makes a full-mode run (here: refused by a full-mode result of
+    another configuration, before any data loads); a bogus value is refused in one line."""
+    (tmp_path / "out").mkdir()
+    for name in ("mnist_full_diagonal", "mnist_fast_diagonal"):
+        (tmp_path / "out" / f"{name}.json").write_text(json.dumps({"config": {"train": {"lr": 1.0}}}))
+    monkeypatch.setenv("FLOWBOOK_MODE", "full")
+    assert cli.main(["train", *_dirs(tmp_path)]) == 2
+    assert "mnist_full_diagonal.json holds a result of another configuration" in capsys.readouterr().err
+    monkeypatch.setenv("FLOWBOOK_MODE", "bogus")
+    assert cli.main(["train", *_dirs(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["python -m flowbook train: error: FLOWBOOK_MODE='bogus' is not a mode of "
+                                        "this command; set it to one of fast, stored, full, or unset it"]
+
+
+def _damage(root: Path, damage: str, monkeypatch) -> None:
+    """A data root whose mnist.npz is damaged, or that does not exist (and torchvision is offline)."""
+    if damage == "missing root":
+        def offline(*_args, **_kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got: offline")
+        monkeypatch.setattr(data.mnist, "_mnist_from_torchvision", offline)
+        return
+    root.mkdir()
+    real = data.data_root() / "mnist.npz"
+    if damage == "flipped" and not real.is_file():
+        pytest.skip("no mnist.npz in the data root to damage")
+    content = {"empty": b"", "truncated": b"PK\x03\x04" + bytes(100)}.get(damage)
+    if content is None:
+        content = bytearray(real.read_bytes())
+        content[5000] ^= 0xFF
+    (root / "mnist.npz").write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "flipped", "missing root"])
+def test_a_damaged_dataset_ends_train_and_eval_with_one_line_and_status_1(tmp_path, monkeypatch, capsys,
+                                                                          damage) -> None:
+    """Issue 26, bug 6: the data file's own message, one line, exit status 1, no traceback."""
+    root = tmp_path / "root"
+    _damage(root, damage, monkeypatch)
+    monkeypatch.setenv("FLOWBOOK_DATA", str(root))
+    assert cli.main(["train", *TINY, *_dirs(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("python -m flowbook train: error: ") and str(root / "mnist.npz") in line
+
+
+def test_a_data_root_that_is_a_file_ends_train_with_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 26, bug 11: FLOWBOOK_DATA naming a file."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FLOWBOOK_DATA", str(tmp_path / "a-file"))
+    assert cli.main(["train", *TINY, *_dirs(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"FLOWBOOK_DATA {tmp_path / 'a-file'} is a file, not a directory" in line
+
+
+def test_a_diverged_run_ends_with_one_line_without_traceback_in_a_real_process(tmp_path) -> None:
+    """Issue 26, bugs 6 and 7: a NaN loss ends the command with exit status 1 and one line that says
+    what to change and mentions --restart."""
+    proc = subprocess.run([sys.executable, "-m", "flowbook", "train", *TINY, "--updates", "30", "--ckpt-every", "10",
+                           "--lr", "10000", *_dirs(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "NaN or infinite" in line and "--restart" in line and "lower the learning rate" in line
+
+
+def test_help_lists_every_command() -> None:
+    """Issue 26, bug 17: --help names evaluate-weights and data besides train and eval."""
+    proc = subprocess.run([sys.executable, "-m", "flowbook", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("train", "eval", "evaluate-weights", "data"):
+        assert f"\n    {command}" in proc.stdout

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from flowbook import results
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _save(tmp_path, name: str = "fit_U1", **overrides):
@@ -115,3 +121,46 @@ def test_a_file_that_is_not_a_record_is_reported_with_its_path(tmp_path, content
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"odd\.json .*delete it and re-run the experiment"):
         results.load_result(path)
+
+
+#: One of two processes adding evaluations to one result: it waits for the start signal, so that the two
+#: really run at the same time, then adds 40 entries with its own seeds.
+_ADDER = """
+import sys, time
+from pathlib import Path
+from flowbook import results
+path, start, who = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+start.with_suffix(f".ready{who}").touch()
+while not start.exists():
+    time.sleep(0.01)
+for k in range(40):
+    results.add_evaluation(path, {"samples": 10, "points": 5, "seed": 1000 * who + k}, device="cpu", command="t")
+"""
+
+
+def test_two_processes_adding_evaluations_to_one_result_lose_none(tmp_path) -> None:
+    """Issue 26, bug 5: add_evaluation reads, appends and writes under the row's lock, so two processes
+    adding 40 entries each to one file leave 80."""
+    path = _save(tmp_path, name="row")
+    start = tmp_path / "start"
+    procs = [subprocess.Popen([sys.executable, "-c", _ADDER, str(path), str(start), str(who)], cwd=ROOT)
+             for who in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not all(start.with_suffix(f".ready{who}").exists() for who in (1, 2)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    start.touch()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    seeds = sorted(e["seed"] for e in results.load_result(path)["evaluations"])
+    assert seeds == sorted(1000 * who + k for who in (1, 2) for k in range(40))
+
+
+def test_the_row_lock_is_reentrant_and_excludes_other_holders(tmp_path) -> None:
+    """A holder may take its own lock again (finish holds it while add_evaluation takes it); another
+    process waits until it is released."""
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    with results.name_lock(tmp_path, "row") as lock:
+        with results.name_lock(tmp_path, "row"):
+            assert lock == (tmp_path / ".row.lock").resolve()
+        busy = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True)
+        assert busy.returncode != 0 and b"BlockingIOError" in busy.stderr
+    assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0

@@ -186,3 +186,57 @@ def test_option_checks_name_the_option_and_the_range() -> None:
         check_device("--device", "gpu")
     check_int("--n", None, 1)  # not given
     check_device("--device", "cpu")
+
+
+def _tiny_run(tmp_path: Path, updates: int, label: str = "race"):
+    cfg = dataclasses.replace(FAST, hidden=16, updates=updates, batch_size=20, eval_points=5, eval_samples=2,
+                              label=label)
+    return runner.train_command(cfg, _args(tmp_path, ckpt_dir=str(tmp_path / f"ckpt{updates}")), prog="p",
+                                evaluate=False, x_train=_data(), progress=False)
+
+
+def test_of_two_runs_writing_one_name_the_later_is_refused_and_the_pair_stays_matched(tmp_path, monkeypatch) -> None:
+    """Issue 26, bug 4: run B (31 updates) stores the name while run A (30 updates, same --label, --out
+    and --weights-dir) is evaluating; A is then refused under the lock, before it replaces anything, and
+    the stored result and weights are both B's."""
+    run_a, run_b = _tiny_run(tmp_path, 30), _tiny_run(tmp_path, 31)
+    out, weights = tmp_path / "out", tmp_path / "w"
+    name = run_a.config.result_name("planar", 0)
+    stored: dict[Path, bytes] = {}
+    real_metrics = TrainConfig.row_metrics
+
+    def b_finishes_meanwhile(self, row, x_test, progress=None):
+        if self is run_a.config and not stored:
+            runner.finish(run_b, device="cpu", out_dir=out, x_test=x_test, weights_dir=weights)
+            stored.update({p: p.read_bytes() for p in (out / f"{name}.json", weights / f"{name}.pt")})
+        return real_metrics(self, row, x_test, progress)
+
+    monkeypatch.setattr(TrainConfig, "row_metrics", b_finishes_meanwhile)
+    with pytest.raises(FileExistsError, match="another configuration"):
+        runner.finish(run_a, device="cpu", out_dir=out, x_test=_data(5), weights_dir=weights)
+    assert stored and all(p.read_bytes() == content for p, content in stored.items())
+    assert json.loads((out / f"{name}.json").read_text())["config"]["train"]["updates"] == 31
+
+
+def test_a_failed_write_leaves_no_half_pair(tmp_path, monkeypatch) -> None:
+    """The weights and the result of a row are written together or not at all: when the result cannot
+    be written, the weights this call wrote are removed, and with --overwrite the earlier pair is put back."""
+    run = _tiny_run(tmp_path, 10, label="")
+    out, weights = tmp_path / "out", tmp_path / "w"
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "save_result", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            runner.finish(run, device="cpu", out_dir=out, x_test=_data(5), weights_dir=weights)
+    assert not list(weights.glob("*.pt")) and not list(out.glob("*.json"))
+    runner.finish(run, device="cpu", out_dir=out, x_test=_data(5), weights_dir=weights)
+    before = {p: p.read_bytes() for p in (*out.glob("*.json"), *weights.glob("*.pt"))}
+    with monkeypatch.context() as m:
+        m.setattr(runner, "save_result", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            runner.finish(_tiny_run(tmp_path, 11, label=""), device="cpu", out_dir=out, x_test=_data(5),
+                          weights_dir=weights, overwrite=True)
+    assert {p: p.read_bytes() for p in (*out.glob("*.json"), *weights.glob("*.pt"))} == before
