@@ -128,3 +128,74 @@ def test_command_line_refuses_bad_input_in_one_line(stored_row, capsys, argv, me
     assert evaluation.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("edit", ["2-D values", "float32 values", "lengths differ", "more than the points",
+                                  "NaN value", "seconds a string"])
+def test_a_hand_edited_state_is_refused_before_any_point_is_evaluated(tmp_path, monkeypatch, edit):
+    """Issue 26, bug 17: an edited state is refused at the start, not after the whole evaluation."""
+    model, x = _model(), _data(20)
+    state = tmp_path / "s.pt"
+    assert evaluate_resumable(model, x, 8, state, batch=10, max_minutes=0) is None
+    saved = torch.load(state, weights_only=True)
+    done = saved["neg_log_p"]
+    saved.update({"2-D values": {"neg_elbo": done[:, None], "neg_log_p": done[:, None]},
+                  "float32 values": {"neg_elbo": done.float()},
+                  "lengths differ": {"neg_elbo": done[:5]},
+                  "more than the points": {"neg_elbo": done.repeat(3), "neg_log_p": done.repeat(3)},
+                  "NaN value": {"neg_log_p": torch.full_like(done, float("nan"))},
+                  "seconds a string": {"seconds": "1.5"}}[edit])
+    torch.save(saved, state)
+    evaluated = []
+    monkeypatch.setattr(evaluation, "point_bounds", lambda *a: evaluated.append(a) or point_bounds(*a))
+    with pytest.raises(ValueError, match=f"{state} is not a valid evaluation state"):
+        evaluate_resumable(model, x, 8, state, batch=10)
+    assert not evaluated
+
+
+def test_command_line_is_done_when_the_result_holds_the_evaluation(stored_row, capsys):
+    """An evaluation already added is not run again (evaluations are only appended)."""
+    argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20", "--state-dir", str(stored_row / "ck")]
+    assert evaluation.main(argv) == 0
+    path = stored_row / "results" / "mnist_stored_planar_K2.json"
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert evaluation.main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"done: {path} already holds this evaluation")
+    assert path.read_bytes() == before
+
+
+def test_command_line_names_a_bad_seed(stored_row, capsys):
+    """Issue 26, bug 17: a seed that is not a 32-bit integer names --seed (10**23 failed in torch)."""
+    argv = ["mnist_stored_planar_K2", "--state-dir", str(stored_row / "ck"), "--seed"]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main([*argv, "1e23"])  # not an integer: argparse's usage error
+    assert exit_info.value.code == 2 and "argument --seed: invalid int value: '1e23'" in capsys.readouterr().err
+    assert evaluation.main([*argv, str(10**23)]) == 2
+    assert "--seed must be in 0..4294967295, got 100000000000000000000000" in capsys.readouterr().err
+
+
+def test_command_line_refuses_a_state_dir_it_cannot_write_before_evaluating(stored_row, capsys, monkeypatch):
+    """Issue 26, bug 12: an unwritable --state-dir (here below a file) is refused at the start, not
+    after the whole evaluation."""
+    (stored_row / "a-file").write_text("")
+    evaluated = []
+    monkeypatch.setattr(evaluation, "point_bounds", lambda *a: evaluated.append(a) or point_bounds(*a))
+    argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20",
+            "--state-dir", str(stored_row / "a-file" / "s")]
+    assert evaluation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--state-dir" in err and str(stored_row / "a-file" / "s") in err and len(err.strip().splitlines()) == 1
+    assert not evaluated
+
+
+def test_command_line_ends_with_one_line_and_status_1_on_a_damaged_dataset(stored_row, capsys, monkeypatch):
+    """Issue 26, bug 6: a damaged mnist.npz in the data root."""
+    root = stored_row / "root"
+    root.mkdir()
+    (root / "mnist.npz").write_bytes(b"PK\x03\x04" + bytes(100))
+    monkeypatch.setenv("FLOWBOOK_DATA", str(root))
+    argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20", "--state-dir", str(stored_row / "ck")]
+    assert evaluation.main(argv) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("python -m flowbook evaluate-weights: error: ") and str(root / "mnist.npz") in line

@@ -253,3 +253,45 @@ def test_kill_9_and_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_pat
     assert a["step"] == b["step"] == 400
     assert _same_state(a["model"], b["model"])
     assert a["log"] == b["log"]
+
+
+def test_no_checkpoint_holds_a_diverged_state(tmp_path):
+    """Issue 26, bug 7: with a checkpoint every 10 updates and a rate that blows up, every checkpoint
+    written holds finite parameters (NaN was checked only every 100 updates), and the error mentions
+    --restart."""
+    cfg = dataclasses.replace(TINY, updates=100, lr=1e4)
+    with pytest.raises(FloatingPointError, match="NaN or infinite.*--restart"):
+        train(cfg, x_train=_data(), ckpt_dir=tmp_path, ckpt_every=10)
+    for path in tmp_path.glob("*.pt"):
+        state = torch.load(path, weights_only=False)
+        assert all(torch.isfinite(t).all() for t in state["model"].values()), f"{path} holds NaN"
+
+
+def test_a_checkpoint_with_nan_parameters_is_refused_with_restart(tmp_path):
+    """A diverged checkpoint written by an earlier version is refused at once, not resumed into NaN."""
+    cfg = dataclasses.replace(TINY, updates=10)
+    train(cfg, x_train=_data(), ckpt_dir=tmp_path, stop_at=5)
+    path = checkpoint_path(cfg, tmp_path)
+    state = torch.load(path, weights_only=False)
+    next(iter(state["model"].values())).fill_(float("nan"))
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="NaN or infinite parameters.*--restart"):
+        train(cfg, x_train=_data(), ckpt_dir=tmp_path)
+
+
+def test_a_resume_on_the_other_planar_implementation_is_refused(tmp_path):
+    """Issue 26, bug 17: the checkpoint records the planar chain (C kernel or PyTorch loop, which give
+    different trajectories); resuming it on the other one is refused. The config's digest, which names
+    the stored runs, does not change."""
+    cfg = dataclasses.replace(TINY, rows=(("planar", 2),), updates=10)
+    digest = cfg.digest()
+    train(cfg, x_train=_data(), ckpt_dir=tmp_path, stop_at=5)
+    path = checkpoint_path(cfg, tmp_path)
+    state = torch.load(path, weights_only=False)
+    assert state["planar_impl"] == train_module._planar_impl(cfg, torch.device("cpu"))
+    assert state["planar_impl"] in ("flowbook.kernels.native planar_chain", "flowbook.kernels.fused.planar_chain")
+    state["planar_impl"] = "flowbook.kernels.elsewhere planar_chain"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="planar chain 'flowbook.kernels.elsewhere planar_chain'"):
+        train(cfg, x_train=_data(), ckpt_dir=tmp_path)
+    assert cfg.digest() == digest and path.name.endswith(f"_{digest}.pt")
