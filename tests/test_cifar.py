@@ -139,10 +139,10 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
             "--eval-samples", "4", "--label", "dry-run", "--seed", "3", "--device", "cpu", "--out", str(tmp_path / "res"),
             "--ckpt-dir", str(tmp_path / "ckpt")]
     try:
-        status = cifar.main(args)
+        data.load_cifar10("test", download=False)
     except data.DataFileError as err:
         pytest.skip(f"no CIFAR-10 in the data root: {err}")
-    assert status == 0
+    assert cifar.main(args) == 0
     record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_K2.json").read_text())
     assert record["config"]["train"]["optimizer"] == "rmsprop" and record["config"]["updates_done"] == 4
     assert record["config"]["train"]["seed"] == 3 and record["config"]["model"]["seed"] == 3
@@ -199,3 +199,17 @@ def test_cli_refuses_another_configurations_result_before_loading_data(tmp_path,
     (out / "cifar10_fast_K2.json").write_text(json.dumps({"config": {"train": {"lr": 9.0}}}))
     assert cifar.main(["train", "--K", "0,2", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)]) == 2
     assert "cifar10_fast_K2.json holds a result of another configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04" + bytes(100)], ids=["empty", "truncated"])
+def test_cli_ends_with_one_line_and_status_1_on_a_damaged_dataset(tmp_path, capsys, monkeypatch, content):
+    """Issue 26, bug 6: a damaged cifar10.npz gives its message in one line, no traceback."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "cifar10.npz").write_bytes(content)
+    monkeypatch.setenv("FLOWBOOK_DATA", str(root))
+    argv = ["train", "--K", "0", "--updates", "2", "--n-train", "200", "--eval-points", "5", "--eval-samples", "2",
+            "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]
+    assert cifar.main(argv) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("python -m flowbook.cifar: error: ") and str(root / "cifar10.npz") in line

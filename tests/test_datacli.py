@@ -93,3 +93,20 @@ def test_cli_offline_without_shared_folder_fails_clearly(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert "could not prepare the data root" in proc.stderr and "--shared DIR" in proc.stderr
+
+
+def test_cli_refuses_a_data_root_that_is_a_file_in_one_line(tmp_path, monkeypatch, capsys):
+    """Issue 26, bug 11: --root or FLOWBOOK_DATA naming a file (was a raw FileExistsError)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert datacli.main(["fetch", "--root", str(blocker), "--offline"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"python -m flowbook.datacli: error: --root {blocker} is a file, not a directory; give a directory for "
+        "the datasets"]
+    monkeypatch.setenv("FLOWBOOK_DATA", str(blocker))
+    assert datacli.main(["fetch", "--offline"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"FLOWBOOK_DATA {blocker} is a file, not a directory" in line
+    assert datacli.main(["fetch", "--root", str(blocker / "below"), "--offline"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{blocker / 'below'} cannot be used as a directory" in line

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,63 @@ def test_student_book_refuses_a_full_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(NotebookError, match="not empty"):
         student_book(ROOT, tmp_path)
+
+
+def _sources(tmp_path: Path) -> Path:
+    src = tmp_path / "src" / "nb.ipynb"
+    src.parent.mkdir()
+    src.write_text(json.dumps(make_notebook()))
+    return src
+
+
+def test_cli_never_writes_through_a_hardlink_of_a_source(tmp_path):
+    """Issue 26, bug 14: a hardlink of the source inside --out would have been written through, so the
+    instructor's notebook lost its solutions; a link under another name is replaced, not written through."""
+    src = _sources(tmp_path)
+    before = src.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(src, out / "nb.ipynb")
+    proc = run_cli("strip", str(src), "--out", str(out))
+    assert proc.returncode == 2 and "refusing to overwrite the source" in proc.stderr
+    assert src.read_bytes() == before
+    other = tmp_path / "src2" / "nb2.ipynb"
+    other.parent.mkdir()
+    other.write_text(json.dumps(make_notebook()))
+    (out / "nb.ipynb").unlink()
+    os.link(src, out / "nb2.ipynb")  # a hardlink of src, at the name of another source's copy
+    assert run_cli("strip", str(other), "--out", str(out)).returncode == 0
+    assert src.read_bytes() == before and count_solutions(json.loads((out / "nb2.ipynb").read_text())) == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "cannot read notebook"),
+    (b"[1, 2]", "holds a JSON list, not a notebook"),
+    (json.dumps({"nbformat": 4, "metadata": None, "cells": []}).encode(), "not a valid nbformat-4 notebook"),
+    (json.dumps({"nbformat": 4, "metadata": {}}).encode(), "not a valid nbformat-4 notebook"),
+    (json.dumps({"nbformat": 4, "metadata": {}, "cells": [1]}).encode(), "not a valid nbformat-4 notebook"),
+], ids=["binary", "json list", "metadata null", "no cells", "a cell not an object"])
+def test_cli_refuses_what_is_not_a_notebook_in_one_line(tmp_path, content, message):
+    """Issue 26, bug 14: each gave a traceback; now one line, exit status 2, nothing written."""
+    bad = tmp_path / "bad.ipynb"
+    bad.write_bytes(content)
+    proc = run_cli("strip", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and message in proc.stderr and str(bad) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert bad.read_bytes() == content
+
+
+def test_cli_refuses_two_sources_with_one_name_and_an_out_that_is_a_file(tmp_path):
+    """Issue 26, bug 14: two sources named alike would have left one copy; --out a file gave a traceback."""
+    src = _sources(tmp_path)
+    twin = tmp_path / "other" / "nb.ipynb"
+    twin.parent.mkdir()
+    twin.write_text(json.dumps(make_notebook()))
+    proc = run_cli("strip", str(src), str(twin), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "have the same name" in proc.stderr and not (tmp_path / "out").exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "below"):
+        proc = run_cli("strip", str(src), "--out", str(out))
+        assert proc.returncode == 2 and f"--out {out}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == "x"
