@@ -241,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("sources", nargs="+", type=Path, metavar="SRC")
     count.add_argument("--tag", default=SOLUTION_TAG)
     args = parser.parse_args(argv)
+    # one line instead of a traceback: 2 for bad input, 1 for a fault of the disk
     try:
         return _run(args)
     except NotebookError as err:
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        status, message = 2, str(err)
+    except OSError as err:
+        status, message = 1, str(err)
+    print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:
