@@ -12,9 +12,11 @@ the data it trains and is tested on and how a row is evaluated
 in :func:`flowbook.train.train`, the 2-D fits' is :func:`flowbook.experiments2d.train`. Checkpoints are
 :mod:`flowbook.checkpoints`; every result is written by :func:`write_result`.
 
-Exit statuses of the commands: 0 done, 2 refused (bad option, damaged or foreign checkpoint, a stored
-result of another configuration), 3 stopped by ``--max-minutes`` after checkpointing (run the same command
-again to resume).
+Exit statuses of the commands: 0 done (or already done: nothing changed), 1 a fault of the data or the
+numbers (a damaged dataset file, a diverged run), 2 refused (bad option, damaged or foreign checkpoint, a
+stored result or weights of another run), 3 stopped by ``--max-minutes`` after checkpointing (run the same
+command again to resume). Nothing stored is replaced without ``--overwrite`` (:func:`stored_rows`,
+:func:`finish`).
 """
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ def stored_rows(cfg: TrainConfig, out_dir: str | Path, weights_dir: str | Path |
             continue
         result = Path(out_dir) / f"{name}.json"
         weights = Path(weights_dir) / f"{name}.pt" if weights_dir is not None else None
-        refuse_overwrite(result, cfg, overwrite)
+        refuse_overwrite(result, cfg, False)
         record = _this_configurations(result, cfg)
         if weights is not None and weights.exists() and record is None:
             raise FileExistsError(f"{weights} exists and {result} is not this configuration's result, so the "
