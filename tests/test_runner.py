@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowbook import cifar, runner
+from flowbook import cifar, pretrained, runner
 from flowbook.checkpoints import (KEYS, CheckpointError, checkpoint_path, find_checkpoint, legacy_checkpoint_path,
                                   load_checkpoint)
 from flowbook.options import OptionError, check_device, check_float, check_int
@@ -196,25 +196,26 @@ def _tiny_run(tmp_path: Path, updates: int, label: str = "race"):
 
 
 def test_of_two_runs_writing_one_name_the_later_is_refused_and_the_pair_stays_matched(tmp_path, monkeypatch) -> None:
-    """Issue 26, bug 4: run B (31 updates) stores the name while run A (30 updates, same --label, --out
-    and --weights-dir) is evaluating; A is then refused under the lock, before it replaces anything, and
-    the stored result and weights are both B's."""
+    """Issue 26, bug 4: run B (31 updates) stores the name after run A (30 updates, same --label, --out
+    and --weights-dir) has checked that the name is free, before A writes; A is then refused (the check is
+    repeated under the lock) before it replaces anything, and the stored result and weights are both B's."""
     run_a, run_b = _tiny_run(tmp_path, 30), _tiny_run(tmp_path, 31)
     out, weights = tmp_path / "out", tmp_path / "w"
     name = run_a.config.result_name("planar", 0)
     stored: dict[Path, bytes] = {}
-    real_metrics = TrainConfig.row_metrics
+    real_round, b_started = pretrained.round_like_saved, []
 
-    def b_finishes_meanwhile(self, row, x_test, progress=None):
-        if self is run_a.config and not stored:
-            runner.finish(run_b, device="cpu", out_dir=out, x_test=x_test, weights_dir=weights)
+    def b_finishes_meanwhile(model):  # A has checked the name and prepares its weights
+        if not b_started:
+            b_started.append(run_b)
+            runner.finish(run_b, device="cpu", out_dir=out, x_test=_data(5), weights_dir=weights)
             stored.update({p: p.read_bytes() for p in (out / f"{name}.json", weights / f"{name}.pt")})
-        return real_metrics(self, row, x_test, progress)
+        return real_round(model)
 
-    monkeypatch.setattr(TrainConfig, "row_metrics", b_finishes_meanwhile)
+    monkeypatch.setattr(pretrained, "round_like_saved", b_finishes_meanwhile)
     with pytest.raises(FileExistsError, match="another configuration"):
         runner.finish(run_a, device="cpu", out_dir=out, x_test=_data(5), weights_dir=weights)
-    assert stored and all(p.read_bytes() == content for p, content in stored.items())
+    assert len(stored) == 2 and all(p.read_bytes() == content for p, content in stored.items())
     assert json.loads((out / f"{name}.json").read_text())["config"]["train"]["updates"] == 31
 
 
