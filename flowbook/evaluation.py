@@ -166,7 +166,8 @@ def _main(argv: list[str]) -> int:
 
     from . import data as fdata
     from . import pretrained
-    from .options import MAX_SEED, OptionError, check_device, check_float, check_int, check_writable_dir
+    from .options import (MAX_SEED, OptionError, check_data_root, check_device, check_float, check_int,
+                          check_writable_dir)
     from .results import RESULTS_DIR, add_evaluation, find_evaluation, load_result
     from .runner import command_line, pick_device
 
@@ -196,6 +197,7 @@ def _main(argv: list[str]) -> int:
             raise OptionError(f"no file {path}: NAME must name a stored row with weights and result "
                               f"(see {pretrained.WEIGHTS_DIR})")
     check_device("--device", args.device)
+    check_data_root()
     # before the evaluation, not after it: a result that cannot be saved loses hours of work
     check_writable_dir("--state-dir", args.state_dir)
     check_writable_dir(f"the results directory of {args.name}", result.parent)

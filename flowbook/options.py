@@ -23,7 +23,7 @@ import torch
 from .results import ensure_writable_dir
 
 __all__ = ["OptionError", "MAX_K", "MAX_SEED", "MAX_HIDDEN", "run_main", "default_mode",
-           "check_int", "check_float", "check_device", "check_label",
+           "check_int", "check_float", "check_device", "check_label", "check_data_root",
            "check_writable_dir", "add_run_arguments", "check_run_options", "parse_checked", "weights_dir_for",
            "config_from_args"]
 
@@ -127,6 +127,17 @@ def check_label(option: str, label: str | None) -> None:
                           f"(it names files), got {label!r}")
 
 
+def check_data_root() -> None:
+    """Refuse a data root (``$FLOWBOOK_DATA``, :func:`flowbook.data.data_root`) that is a file or cannot
+    be created, before any work is done: bad input, not a fault of the data."""
+    from .data import DataFileError, data_root
+
+    try:
+        data_root()
+    except DataFileError as err:
+        raise OptionError(str(err)) from None
+
+
 def check_writable_dir(option: str, directory: str | Path) -> None:
     """Create ``directory`` if missing and check that a file can be written there, so that a long run
     does not end with a result or checkpoint it cannot save."""
@@ -179,6 +190,7 @@ def check_run_options(args: argparse.Namespace, *, train: bool, evaluate: bool) 
     check_int("--threads", args.threads, 1)
     check_label("--label", args.label)
     check_device("--device", args.device)
+    check_data_root()
     if train:
         check_float("--max-minutes", args.max_minutes, 0.0)
         check_writable_dir("--ckpt-dir", args.ckpt_dir)

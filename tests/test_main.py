@@ -241,13 +241,14 @@ def test_a_damaged_dataset_ends_train_and_eval_with_one_line_and_status_1(tmp_pa
     assert line.startswith("python -m flowbook train: error: ") and str(root / "mnist.npz") in line
 
 
-def test_a_data_root_that_is_a_file_ends_train_with_one_line(tmp_path, monkeypatch, capsys) -> None:
-    """Issue 26, bug 11: FLOWBOOK_DATA naming a file."""
+def test_a_data_root_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch, refused) -> None:
+    """Issue 26, bug 11: FLOWBOOK_DATA naming a file (a raw FileExistsError when the data loaded)."""
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("FLOWBOOK_DATA", str(tmp_path / "a-file"))
-    assert cli.main(["train", *TINY, *_dirs(tmp_path)]) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert f"FLOWBOOK_DATA {tmp_path / 'a-file'} is a file, not a directory" in line
+    for command in ("train", "eval"):
+        err = refused(cli.main, [command, *TINY, *_dirs(tmp_path)])
+        assert f"FLOWBOOK_DATA {tmp_path / 'a-file'} is a file, not a directory" in err
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_a_diverged_run_ends_with_one_line_without_traceback_in_a_real_process(tmp_path) -> None:
