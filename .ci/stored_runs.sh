@@ -44,6 +44,32 @@ maxout() {
     --weights-dir data/checkpoints/weights
 }
 
+# cont FLOW K LABEL_FROM UPDATES LABEL [OPTIONS...]: a stage that continues the stored row (FLOW, K) of
+# LABEL_FROM from its committed weights for UPDATES more updates (β = 1, a fresh Adam with a 1 000-update
+# warm-up, then a cosine decay to 1e-5, the best-validation parameters kept), stored as LABEL.
+cont() {
+  local flow=$1 K=$2 from=$3 updates=$4 label=$5; shift 5
+  local row=$([[ $K == 0 ]] && echo diagonal || echo "${flow}_K$K")
+  run "mnist_stored_${label}_$row" "$PY" -m flowbook train --mode stored --flow "$flow" --K "$K" \
+    --continue-from "$from" --updates "$updates" --label "$label" --warmup 1000 --threads 1 --no-progress "$@"
+}
+
+# study LABEL RATE [EMA]: the short paired study of a continuation's settings (chapter 5): planar K = 80
+# continued from Table 2's 120 000-update weights for 20 000 updates, peak rate RATE, averaging EMA, the
+# same seed; S = 1000 on the first 2 000 test digits, per-digit values kept. The weights are not committed.
+study() {
+  cont planar 80 updates120k 20000 "$1" --lr "$2" ${3:+--ema "$3"} --eval-points 2000 --eval-samples 1000 \
+    --weights-dir data/checkpoints/weights
+}
+
+# baseline NAME: the same evaluation (S = 1000, first 2 000 test digits) of a stored row, per-digit values
+# kept, so that the study's rows compare with the weights they started from on the same digits.
+baseline() {
+  if compgen -G "data/results/points/$1_S1000_n2000_seed1234.json" >/dev/null; then
+    echo "[$(date +%T)] $1: S = 1000 on 2 000 digits stored, skipped"; return 0; fi
+  "$PY" -m flowbook evaluate-weights "$1" --samples 1000 --points 2000 --threads 1
+}
+
 # evaluate NAME: the paper's evaluation (S = 5000, all 10 000 test digits) of a stored MNIST row from its
 # committed weights, added to data/results/NAME.json; skipped once there, resumable until DEADLINE.
 evaluate() {
@@ -105,6 +131,10 @@ case ${1:-} in
   # S = 5000 for the radial rows, two processes
   evalRA) for K in 10 40; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
   evalRB) for K in 80 20; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout" >&2
+  # the paired study of a continuation's peak rate and parameter averaging, balanced over two processes
+  studyA) baseline mnist_stored_updates120k_planar_K80; study cont20k-lr3e-4 3e-4; study cont20k-lr1e-3 1e-3
+          study cont20k-lr3e-4-ema0.9999 3e-4 0.9999 ;;
+  studyB) study cont20k-lr1e-4 1e-4; study cont20k-lr3e-4-ema0.999 3e-4 0.999 ;;
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB" >&2
      exit 2 ;;
 esac

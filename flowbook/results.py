@@ -90,8 +90,13 @@ def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], w
     return _write_atomic(directory / f"{name}.json", record)
 
 
-def _write_atomic(path: Path, record: dict[str, Any]) -> Path:
-    text = json.dumps(_finite_or_null(record), indent=2, sort_keys=False, allow_nan=False) + "\n"
+def write_json_atomic(path: Path, record: dict[str, Any], indent: int | None = 2) -> Path:
+    """Write ``record`` as strict JSON to ``path`` atomically (a reader never sees half a file)."""
+    return _write_atomic(path, record, indent)
+
+
+def _write_atomic(path: Path, record: dict[str, Any], indent: int | None = 2) -> Path:
+    text = json.dumps(_finite_or_null(record), indent=indent, sort_keys=False, allow_nan=False) + "\n"
     # one temporary file per call (pid and a random tag), in the same directory so the rename is atomic
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp"
     try:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
+from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint, training_fields
+from .evaluation import save_point_values
 from .results import describe_device, save_result
 
 if TYPE_CHECKING:  # flowbook.train imports this module
@@ -68,9 +69,8 @@ def pick_device(name: str | None = "auto") -> torch.device:
 
 def config_digest(config: dict) -> str:
     """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
-    the first 12 hex digits of the sha256 of its JSON without the ``eval_*`` fields."""
-    train_fields = {k: v for k, v in config.items() if not k.startswith("eval_")}
-    return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
+    the first 12 hex digits of the sha256 of the JSON of its :func:`~flowbook.checkpoints.training_fields`."""
+    return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: str = "--label") -> None:
@@ -201,6 +201,9 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         t0 = time.perf_counter()
         metrics = cfg.row_metrics(row, x_test, progress=progress)
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        per_point = metrics.pop("per_point", None)
+        if per_point is not None and out_dir is not None:
+            metrics["points_file"] = save_point_values(out_dir, name, metrics["samples"], 1234, **per_point)
         metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
         if best is not None:
             metrics["best_valid_free_energy"] = best["free_energy"]
@@ -217,6 +220,7 @@ def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torc
                    weights: str | None) -> dict[str, Any]:
     """The ``config`` of row r's result: what trained it, on what, with which code, and its logs."""
     from .flows import planar_impl
+    from .train import stage_chain
 
     cfg = run.config
     best = run.best[r] if r < len(run.best) else None
@@ -226,5 +230,6 @@ def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torc
             "train_seconds": round(run.train_seconds, 3),
             "evaluated_at_update": best["step"] if best is not None else run.step,
             "weights": weights, "torch_threads": torch.get_num_threads(),
+            **({"chain": stage_chain(cfg)} if getattr(cfg, "init_from", "") else {}),
             "log": [{"step": e["step"], "beta": e["beta"], "free_energy": e["free_energy"][r]} for e in run.log],
             "valid_log": [{"step": e["step"], "free_energy": e["free_energy"][r]} for e in run.valid_log]}

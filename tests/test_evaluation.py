@@ -124,3 +124,25 @@ def test_command_line_refuses_bad_input_in_one_line(stored_row, capsys, argv, me
     assert evaluation.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_per_point_values_are_saved_read_back_and_paired(tmp_path):
+    from flowbook.evaluation import load_point_values, paired_difference, save_point_values
+    from flowbook.train import evaluate
+
+    model, x = _model(), _data(30)
+    m = evaluate(model, x, samples=8, batch=10, per_point=True)
+    pp = m["per_point"]
+    assert pp["neg_log_p"].shape == (30,) and m["neg_log_p"] == pytest.approx(pp["neg_log_p"].mean().item())
+    name = save_point_values(tmp_path, "row", 8, 1234, **pp)
+    back = load_point_values(tmp_path / name)
+    assert back["samples"] == 8 and back["points"] == 30
+    torch.testing.assert_close(back["neg_log_p"], pp["neg_log_p"], atol=5e-5, rtol=0)
+    a = torch.tensor([1.0, 2.0, 4.0])
+    mean, sem = paired_difference(a, a - torch.tensor([0.5, 1.0, 1.5]))
+    assert mean == pytest.approx(1.0) and sem == pytest.approx(0.5 / 3 ** 0.5)
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference(a, a[:2])
+    (tmp_path / "bad.json").write_text('{"format": "x"}')
+    with pytest.raises(ValueError, match="per-point"):
+        load_point_values(tmp_path / "bad.json")
