@@ -54,6 +54,29 @@ cont() {
     --continue-from "$from" --updates "$updates" --label "$label" --warmup 1000 --threads 1 --no-progress "$@"
 }
 
+# stage FLOW K FROM UPDATES LABEL: Table 2's next stage of a row (cont with the settings the paired study
+# adopted: STAGE_OPTIONS), with S = MNIST_S on all test digits. A stage is started only when its measured
+# cost (the row's last stage's training rate and evaluation time, plus 10 %) fits before DEADLINE, or when
+# its checkpoint exists (a resume): a session never spends its time on a stage it cannot finish.
+STAGE_OPTIONS=(--lr 3e-4)
+stage() {
+  local flow=$1 K=$2 from=$3 updates=$4 label=$5
+  local row=$([[ $K == 0 ]] && echo diagonal || echo "${flow}_K$K")
+  local stem=$([[ $K == 0 ]] && echo diagonal || echo "$flow$K")
+  local name=mnist_stored_${label}_$row
+  if [[ ! -f data/results/$name.json ]] && ! compgen -G "data/checkpoints/mnist_stored_${label}_${stem}_*.pt" >/dev/null; then
+    local need left=$(( (DEADLINE - $(date +%s)) / 60 - 1 ))
+    need=$("$PY" -c 'import sys, json
+r = json.load(open(f"data/results/mnist_stored_{sys.argv[1]}_{sys.argv[2]}.json"))
+c = r["config"]
+print(round(1.1 * (c["train_seconds"] * int(sys.argv[3]) / c["train"]["updates"] + r["metrics"]["eval_seconds"]) / 60))' \
+      "$from" "$row" "$updates")
+    if (( need > left )); then echo "[$(date +%T)] $name: needs about $need min, $left left before DEADLINE: not started"
+      return 0; fi
+  fi
+  cont "$flow" "$K" "$from" "$updates" "$label" "${STAGE_OPTIONS[@]}" --eval-samples "$MNIST_S"
+}
+
 # study LABEL RATE [EMA]: the short paired study of a continuation's settings (chapter 5): planar K = 80
 # continued from Table 2's 120 000-update weights for 20 000 updates, peak rate RATE, averaging EMA, the
 # same seed; S = 1000 on the first 2 000 test digits, per-digit values kept. The weights are not committed.
@@ -135,6 +158,12 @@ case ${1:-} in
   studyA) baseline mnist_stored_updates120k_planar_K80; study cont20k-lr3e-4 3e-4; study cont20k-lr1e-3 1e-3
           study cont20k-lr3e-4-ema0.9999 3e-4 0.9999 ;;
   studyB) study cont20k-lr1e-4 1e-4; study cont20k-lr3e-4-ema0.999 3e-4 0.999 ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB" >&2
+  # Table 2's continuation stages: every row, those furthest above the paper first, balanced over
+  # two processes (updates240k: 120 000 more updates; updates480k: 240 000 more, close to the paper's 500 000)
+  stage240A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
+  stage240B) for r in planar:40 planar:10 nice:80 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
+  stage480A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
+  stage480B) for r in planar:40 planar:10 nice:80 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|stage240A|stage240B|stage480A|stage480B" >&2
      exit 2 ;;
 esac
