@@ -77,11 +77,12 @@ print(round(1.1 * (c["train_seconds"] * int(sys.argv[3]) / c["train"]["updates"]
   cont "$flow" "$K" "$from" "$updates" "$label" "${STAGE_OPTIONS[@]}" --eval-samples "$MNIST_S"
 }
 
-# study LABEL RATE [EMA]: the short paired study of a continuation's settings (chapter 5): planar K = 80
-# continued from Table 2's 120 000-update weights for 20 000 updates, peak rate RATE, averaging EMA, the
-# same seed; S = 1000 on the first 2 000 test digits, per-digit values kept. The weights are not committed.
+# study LABEL RATE [OPTIONS...]: the short paired study of a continuation's settings (chapter 5): planar
+# K = 80 continued from Table 2's 120 000-update weights for 20 000 updates, peak rate RATE, the same seed;
+# S = 1000 on the first 2 000 test digits, per-digit values kept. The weights are not committed.
 study() {
-  cont planar 80 updates120k 20000 "$1" --lr "$2" ${3:+--ema "$3"} --eval-points 2000 --eval-samples 1000 \
+  local label=$1 rate=$2; shift 2
+  cont planar 80 updates120k 20000 "$label" --lr "$rate" "$@" --eval-points 2000 --eval-samples 1000 \
     --weights-dir data/checkpoints/weights
 }
 
@@ -156,14 +157,16 @@ case ${1:-} in
   evalRB) for K in 80 20; do evaluate "mnist_stored_radial_K$K" || exit; done ;;
   # the paired study of a continuation's peak rate and parameter averaging, balanced over two processes
   studyA) baseline mnist_stored_updates120k_planar_K80; study cont20k-lr3e-4 3e-4; study cont20k-lr1e-3 1e-3
-          study cont20k-lr3e-4-ema0.9999 3e-4 0.9999 ;;
-  studyB) study cont20k-lr1e-4 1e-4; study cont20k-lr3e-4-ema0.999 3e-4 0.999 ;;
+          study cont20k-lr3e-4-ema0.9999 3e-4 --ema 0.9999 ;;
+  studyB) study cont20k-lr1e-4 1e-4; study cont20k-lr3e-4-ema0.999 3e-4 --ema 0.999 ;;
+  # Adam's fused step against the default one, paired (adopted only if they agree within 0.1 nats)
+  studyC) study cont20k-lr3e-4-fused 3e-4 --fused ;;
   # Table 2's continuation stages: every row, those furthest above the paper first, balanced over
   # two processes (updates240k: 120 000 more updates; updates480k: 240 000 more, close to the paper's 500 000)
   stage240A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
   stage240B) for r in planar:40 planar:10 nice:80 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
   stage480A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
   stage480B) for r in planar:40 planar:10 nice:80 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|stage240A|stage240B|stage480A|stage480B" >&2
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B" >&2
      exit 2 ;;
 esac

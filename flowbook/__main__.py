@@ -33,7 +33,7 @@ MNIST_TRAIN, MNIST_TEST = 50_000, 10_000  # binarized MNIST's training and test 
 #: The options that change a field of the mode's preset (:data:`flowbook.train.PRESETS`) when given.
 CONFIG_OPTIONS = ("updates", "optimizer", "lr", "momentum", "beta_warmup", "seed", "hidden", "maxout_units",
                   "eval_points", "eval_samples", "label", "batch_size", "lr_final", "valid_every", "warmup",
-                  "ema_decay")
+                  "ema_decay", "fused")
 
 
 def _config(args: argparse.Namespace):
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--warmup", type=int, help="updates of linear warm-up of the rate (0: none)")
         p.add_argument("--ema", dest="ema_decay", type=float,
                        help="validate and keep an exponential moving average of the parameters (e.g. 0.999)")
+        p.add_argument("--fused", action="store_true", default=None,
+                       help="Adam's step in one fused kernel (the same arithmetic, faster on a CPU)")
         p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
         if name == "train":
             p.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=1000)

@@ -112,7 +112,7 @@ def remove_dead_temporaries(ckpt_dir: Path) -> list[Path]:
 #: Training fields added after rows were stored, with the value that means "as before" (a run from scratch):
 #: at that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
 LATER_FIELDS: dict[str, Any] = {"init_from": "", "init_sha256": "", "updates_before": 0, "warmup": 0,
-                                "ema_decay": 0.0}
+                                "ema_decay": 0.0, "fused": False}
 _ABSENT = object()
 
 

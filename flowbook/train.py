@@ -83,6 +83,7 @@ class TrainConfig:
     updates_before: int = 0  # updates of the earlier stages of the chain (the row's total is this + updates)
     warmup: int = 0  # linear warm-up of the rate over the first updates (a fresh optimizer's moments start at 0)
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the parameters
+    fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
 
     def model_configs(self) -> list[DLGMConfig]:
         return [DLGMConfig(flow=f, K=k, hidden=self.hidden, maxout_units=self.maxout_units,  # type: ignore[arg-type]
@@ -218,7 +219,8 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
+        # on a CPU torch's default Adam loops over the parameter tensors, a few small kernels each
+        return torch.optim.Adam(params, lr=cfg.lr, fused=cfg.fused)
     raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {cfg.optimizer!r}")
 
 

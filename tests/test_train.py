@@ -319,3 +319,12 @@ def test_a_stage_cannot_reuse_the_label_it_starts_from(tmp_path) -> None:
                           "--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "a --label of its own" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_one() -> None:
+    x = _data(200)
+    plain = train(dataclasses.replace(TINY, updates=20), x_train=x)
+    fused = train(dataclasses.replace(TINY, updates=20, fused=True), x_train=x)
+    for (k, a), b in zip(plain.model.state_dict().items(), fused.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=k)
+    assert dataclasses.replace(TINY, fused=True).digest() != TINY.digest()
