@@ -43,7 +43,7 @@ from pathlib import Path
 from uuid import uuid4
 
 __all__ = ["REPO_ROOT", "STORED_DIRS", "MANIFEST", "DEFAULT_URL", "StoreError", "DownloadError", "manifest",
-           "in_clone", "base_url", "cache_dir", "listed", "relpath_of", "path", "fetch", "check_file",
+           "in_clone", "base_url", "cache_dir", "listed", "relpath_of", "restore_hint", "path", "fetch", "check_file",
            "build_manifest", "write_manifest", "verify", "main"]
 
 #: The clone's root when flowbook runs from a clone; site-packages when it is installed from a wheel.
@@ -112,7 +112,8 @@ def relpath_of(file: str | Path) -> str | None:
     return rel if rel.startswith(tuple(d + "/" for d in STORED_DIRS)) else None
 
 
-def _restore_hint(relpath: str) -> str:
+def restore_hint(relpath: str) -> str:
+    """How to get the stored ``relpath`` back: from git inside a clone, else from the store."""
     name = Path(relpath).stem
     if in_clone():
         return (f"restore it with `git checkout -- {relpath}`; if you changed it on purpose, commit it and "
@@ -138,12 +139,12 @@ def check_file(file: str | Path, relpath: str) -> Path:
     try:
         st = file.stat()
     except OSError as err:
-        raise StoreError(f"{file} cannot be read ({err}); {_restore_hint(relpath)}") from err
+        raise StoreError(f"{file} cannot be read ({err}); {restore_hint(relpath)}") from err
     found = (st.st_size, _sha256(str(file), st.st_size, st.st_mtime_ns) if st.st_size == entry["size"] else "-")
     if found != (entry["size"], entry["sha256"]):
         raise StoreError(f"{file} is not the stored {relpath}: size {found[0]}, sha256 {found[1][:16]}…, the "
                          f"manifest says size {entry['size']}, sha256 {entry['sha256'][:16]}… (commit "
-                         f"{entry['commit'][:12]}); {_restore_hint(relpath)}")
+                         f"{entry['commit'][:12]}); {restore_hint(relpath)}")
     return file
 
 
@@ -179,7 +180,8 @@ def fetch(relpath: str) -> Path:
     url = f"{base_url()}/{entry['commit']}/{relpath}"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp")
-    how = ("check the network, or set FLOWBOOK_STORE_URL to a server of the repository's files "
+    how = (f"restore it with `git checkout -- {relpath}`" if in_clone() else
+           "check the network, or set FLOWBOOK_STORE_URL to a server of the repository's files "
            "({base}/{commit}/{relpath}), or work in a clone (git clone https://github.com/flowbook/flowbook)")
     try:
         digest, size = hashlib.sha256(), 0
@@ -212,11 +214,12 @@ def _git(root: Path, *args: str) -> str:
                          "made in a clone of the repository with git installed") from err
 
 
-def build_manifest(root: Path | str = REPO_ROOT) -> dict[str, dict]:
+def build_manifest(root: Path | str | None = None) -> dict[str, dict]:
     """{relpath: {size, sha256, commit}} for every tracked file of :data:`STORED_DIRS` in the clone
-    ``root``, ``commit`` being the last commit that changed the file. Refuses (:class:`StoreError`,
-    naming them) data files with uncommitted changes: their commit would not hold these bytes."""
-    root = Path(root)
+    ``root`` (default: :data:`REPO_ROOT`), ``commit`` being the last commit that changed the file. Refuses
+    (:class:`StoreError`, naming them) data files with uncommitted changes: their commit would not hold
+    these bytes."""
+    root = Path(root) if root is not None else REPO_ROOT
     dirty = [line[3:] for line in _git(root, "status", "--porcelain", "--untracked-files=no", "--",
                                        *STORED_DIRS).splitlines()]
     if dirty:
@@ -232,9 +235,10 @@ def build_manifest(root: Path | str = REPO_ROOT) -> dict[str, dict]:
     return files
 
 
-def write_manifest(files: dict[str, dict], target: Path | str = MANIFEST) -> Path:
-    """Write ``files`` as the manifest, one file per line (small diffs), atomically."""
-    target = Path(target)
+def write_manifest(files: dict[str, dict], target: Path | str | None = None) -> Path:
+    """Write ``files`` as the manifest (default: :data:`MANIFEST`), one file per line (small diffs),
+    atomically."""
+    target = Path(target) if target is not None else MANIFEST
     lines = [f"  {json.dumps(rel)}: {json.dumps(files[rel], sort_keys=True)}" for rel in sorted(files)]
     text = (f'{{\n "format": "{MANIFEST_FORMAT}",\n "files": {{\n' + ",\n".join(lines) + "\n }\n}\n")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -259,7 +263,7 @@ def verify() -> tuple[int, list[str], list[str]]:
         file = REPO_ROOT / rel if in_clone() else cache_dir() / entry["commit"] / rel
         if not file.exists():
             if in_clone():
-                problems.append(f"{rel} is missing; {_restore_hint(rel)}")
+                problems.append(f"{rel} is missing; {restore_hint(rel)}")
             continue
         checked += 1
         try:
