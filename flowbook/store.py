@@ -140,11 +140,12 @@ def check_file(file: str | Path, relpath: str) -> Path:
         st = file.stat()
     except OSError as err:
         raise StoreError(f"{file} cannot be read ({err}); {restore_hint(relpath)}") from err
-    found = (st.st_size, _sha256(str(file), st.st_size, st.st_mtime_ns) if st.st_size == entry["size"] else "-")
-    if found != (entry["size"], entry["sha256"]):
-        raise StoreError(f"{file} is not the stored {relpath}: size {found[0]}, sha256 {found[1][:16]}…, the "
-                         f"manifest says size {entry['size']}, sha256 {entry['sha256'][:16]}… (commit "
-                         f"{entry['commit'][:12]}); {restore_hint(relpath)}")
+    # the size first: a file of another size is not hashed
+    sha = _sha256(str(file), st.st_size, st.st_mtime_ns) if st.st_size == entry["size"] else None
+    if sha != entry["sha256"]:
+        found = f"size {st.st_size}" + (f", sha256 {sha[:16]}…" if sha else "")
+        raise StoreError(f"{file} is not the stored {relpath}: {found}, the manifest says size {entry['size']}, "
+                         f"sha256 {entry['sha256'][:16]}… (commit {entry['commit'][:12]}); {restore_hint(relpath)}")
     return file
 
 
