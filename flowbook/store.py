@@ -182,8 +182,8 @@ def fetch(relpath: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp")
     how = (f"restore it with `git checkout -- {relpath}`" if in_clone() else
-           "check the network, or set FLOWBOOK_STORE_URL to a server of the repository's files "
-           "({base}/{commit}/{relpath}), or work in a clone (git clone https://github.com/flowbook/flowbook)")
+           "check the network, or set FLOWBOOK_STORE_URL to a server that answers URL/COMMIT/PATH with the "
+           "repository's file PATH at COMMIT, or work in a clone (git clone https://github.com/flowbook/flowbook)")
     try:
         digest, size = hashlib.sha256(), 0
         try:
