@@ -43,7 +43,7 @@ __all__ = ["WEIGHTS_DIR", "FORMAT", "DATA_DIMS", "weights_name", "save", "load",
 
 WEIGHTS_DIR = REPO_ROOT / "data" / "weights"
 FORMAT = "flowbook-dlgm-weights-1"
-#: The data dimension of each dataset's model: binarized MNIST digits and CIFAR-10's 3 × 8 × 8 patches.
+#: The data dimension of each dataset's model (binarized MNIST digits, CIFAR-10's 3 × 8 × 8 patches).
 DATA_DIMS = {"mnist": 784, "cifar10": 192}
 #: The numbers every evaluation of a stored row holds (:func:`flowbook.results.evaluation` reads them).
 _METRICS = ("neg_elbo", "neg_log_p", "points", "samples")

@@ -52,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STORED_DIRS = ("data/results", "data/weights")
 MANIFEST = Path(__file__).with_name("store_manifest.json")
 MANIFEST_FORMAT = "flowbook-store-manifest-1"
-#: Where files are downloaded from outside a clone: ``{DEFAULT_URL}/{commit}/{relpath}``.
+#: The base URL of downloads outside a clone, as ``{DEFAULT_URL}/{commit}/{relpath}``.
 DEFAULT_URL = "https://raw.githubusercontent.com/flowbook/flowbook"
 _CHUNK = 1 << 20
 
@@ -75,7 +75,8 @@ def manifest() -> dict[str, dict]:
     except (OSError, ValueError) as err:
         raise StoreError(f"the store manifest {MANIFEST} is missing or unreadable ({err}); reinstall "
                          "flowbook, or in a clone run `git checkout -- flowbook/store_manifest.json`") from err
-    if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
+    if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT \
+            or not isinstance(record.get("files"), dict):
         raise StoreError(f"{MANIFEST} is not a {MANIFEST_FORMAT} file; reinstall flowbook")
     return record["files"]
 
@@ -181,8 +182,8 @@ def fetch(relpath: str) -> Path:
     url = f"{base_url()}/{entry['commit']}/{relpath}"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp")
-    how = (f"restore it with `git checkout -- {relpath}`" if in_clone() else
-           "check the network, or set FLOWBOOK_STORE_URL to a server that answers URL/COMMIT/PATH with the "
+    how = ((f"restore it with `git checkout -- {relpath}`, or " if in_clone() else "")
+           + "check the network, or set FLOWBOOK_STORE_URL to a server that answers URL/COMMIT/PATH with the "
            "repository's file PATH at COMMIT, or work in a clone (git clone https://github.com/flowbook/flowbook)")
     try:
         digest, size = hashlib.sha256(), 0
