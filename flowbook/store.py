@@ -50,6 +50,7 @@ __all__ = ["REPO_ROOT", "STORED_DIRS", "MANIFEST", "DEFAULT_URL", "StoreError", 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The folders (relative to the repository's root) whose tracked files the manifest lists.
 STORED_DIRS = ("data/results", "data/weights")
+#: The manifest, shipped in the package beside this module (package data of the wheel).
 MANIFEST = Path(__file__).with_name("store_manifest.json")
 MANIFEST_FORMAT = "flowbook-store-manifest-1"
 #: The base URL of downloads outside a clone, as ``{DEFAULT_URL}/{commit}/{relpath}``.
