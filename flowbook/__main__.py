@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["data"]:  # python -m flowbook data fetch ... → flowbook/datacli.py
         from .datacli import main as data_main
         return data_main(argv[1:])
+    if argv[:1] == ["store"]:  # python -m flowbook store verify|fetch|manifest → flowbook/store.py
+        from .store import main as store_main
+        return store_main(argv[1:])
     if argv[:1] == ["evaluate-weights"]:  # S = 5000 for a stored row → flowbook/evaluation.py
         from .evaluation import main as evaluate_main
         return evaluate_main(argv[1:])

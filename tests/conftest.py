@@ -1,7 +1,11 @@
 """Shared fixtures of the test suite."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,3 +33,27 @@ def refused(capsys):
         assert len(err.strip().splitlines()) == 1, f"one line, got {err!r}"
         return err
     return run
+
+
+@pytest.fixture
+def store_server(tmp_path_factory):
+    """``store_server(root)``: serve ``root`` the way the store downloads (``.ci/store_server.py``:
+    ``/{commit}/{relpath}`` answers ``root/relpath``) on a free local port, and return its base URL;
+    every server started is stopped after the test."""
+    servers = []
+
+    def start(root) -> str:
+        port_file = tmp_path_factory.mktemp("server") / "port"
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / ".ci" / "store_server.py"),
+                                 str(root), str(port_file)])
+        servers.append(proc)
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the store server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port_file.read_text()}"
+
+    yield start
+    for proc in servers:
+        proc.kill()
+        proc.wait()
