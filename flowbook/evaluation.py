@@ -20,7 +20,7 @@ from .models import DLGM
 from .objectives import importance_log_marginal
 
 __all__ = ["point_bounds", "summarize", "evaluate_resumable", "STATE_FORMAT", "POINTS_FORMAT", "points_file_name",
-           "save_point_values", "load_point_values", "paired_difference"]
+           "save_point_values", "load_point_values", "stored_point_values", "paired_difference"]
 
 STATE_FORMAT = "flowbook-evaluation-state-1"
 POINTS_FORMAT = "flowbook-point-values-1"
@@ -100,6 +100,14 @@ def load_point_values(path: str | Path) -> dict[str, Any]:
                          "points; restore it with `git checkout`")
     return {**record, "neg_elbo": torch.tensor(record["neg_elbo"], dtype=torch.float64),
             "neg_log_p": torch.tensor(record["neg_log_p"], dtype=torch.float64)}
+
+
+def stored_point_values(name: str, samples: int, points: int, seed: int = 1234) -> dict[str, Any]:
+    """The per-point values of a stored evaluation of the row ``name`` (:func:`load_point_values`), read
+    through the store (:func:`flowbook.store.path`: verified in a clone, downloaded elsewhere)."""
+    from . import store
+
+    return load_point_values(store.path(f"data/results/{points_file_name(name, samples, points, seed)}"))
 
 
 def paired_difference(a: Tensor, b: Tensor) -> tuple[float, float]:

@@ -146,3 +146,16 @@ def test_per_point_values_are_saved_read_back_and_paired(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "x"}')
     with pytest.raises(ValueError, match="per-point"):
         load_point_values(tmp_path / "bad.json")
+
+
+def test_stored_per_point_values_agree_with_their_evaluation_entry():
+    from flowbook import results
+    from flowbook.evaluation import stored_point_values
+
+    name = "mnist_stored_updates120k_planar_K80"
+    entry = next(e for e in results.load_result(results.RESULTS_DIR / f"{name}.json")["evaluations"]
+                 if e.get("points_file"))
+    values = stored_point_values(name, entry["samples"], entry["points"], entry["seed"])
+    assert values["points"] == entry["points"] == len(values["neg_log_p"])
+    assert values["neg_log_p"].mean().item() == pytest.approx(entry["neg_log_p"], abs=1e-4)
+    assert (values["neg_elbo"] - values["neg_log_p"]).mean().item() == pytest.approx(entry["kl"], abs=1e-4)
