@@ -15,6 +15,7 @@ Modules:
     dynamics      infinitesimal flows: Langevin (Euler-Maruyama) and Hamiltonian (leapfrog, HVI) (§3.2)
     notebook      the setup every chapter runs first
     results       JSON results with provenance in data/results/
+    store         the stored runs' manifest: verified local files, or cached downloads outside a clone
     instructor    strip solution cells for hand-outs (python -m flowbook.instructor)
 """
 

@@ -40,14 +40,17 @@ from .options import (MAX_HIDDEN, MAX_K, OptionError, add_run_arguments, check_f
 MNIST_TRAIN, MNIST_TEST = 50_000, 10_000  # binarized MNIST's training and test splits
 #: The options that change a field of the mode's preset (:data:`flowbook.train.PRESETS`) when given.
 CONFIG_OPTIONS = ("updates", "optimizer", "lr", "momentum", "beta_warmup", "seed", "hidden", "maxout_units",
-                  "eval_points", "eval_samples", "label", "batch_size", "lr_final", "valid_every")
+                  "eval_points", "eval_samples", "label", "batch_size", "lr_final", "valid_every", "warmup",
+                  "ema_decay", "fused")
 
 
 def _config(args: argparse.Namespace):
-    from .train import PRESETS, parse_rows
+    from .train import PRESETS, continuation, parse_rows
 
-    rows = parse_rows(args.rows) if args.rows else ((args.flow or "planar", args.K or 0),)
-    return config_from_args(PRESETS[args.mode], args, CONFIG_OPTIONS, rows=rows)
+    flow, K = args.flow or "planar", args.K or 0
+    rows = parse_rows(args.rows) if args.rows else ((flow, K),)
+    stage = continuation(flow, K, args.continue_from) if args.continue_from else {}
+    return config_from_args(PRESETS[args.mode], args, CONFIG_OPTIONS, rows=rows, **stage)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -88,6 +91,15 @@ def _check(args: argparse.Namespace) -> None:
         if twice:
             raise OptionError(f"--rows {args.rows}: rows {', '.join(twice)} appear twice (every K = 0 row is "
                               "the same diagonal model); each row is trained and stored once")
+    check_int("--warmup", args.warmup, 0, args.updates)
+    check_float("--ema", args.ema_decay, 0.0, lo_inclusive=True, hi=1.0, hi_inclusive=False)
+    if args.continue_from is not None:
+        if args.mode != "stored" or args.rows:
+            raise OptionError("--continue-from continues one stored row: give --mode stored, --flow and --K "
+                              "(not --rows)")
+        if not args.label or args.label == args.continue_from:
+            raise OptionError("--continue-from needs a --label of its own for the stage it trains (e.g. "
+                              "updates240k), so the row it starts from is kept")
     try:
         _config(args).model_configs()  # the model's own checks, for combinations the ones above miss
     except ValueError as err:
@@ -100,7 +112,8 @@ def _check(args: argparse.Namespace) -> None:
 #: Commands with their own module, handed the rest of the command line: name → (module, help).
 DELEGATED = {"evaluate-weights": ("evaluation", "evaluate the committed weights of a stored Table 2 row again "
                                                 "(e.g. S = 5000) and add it to its result"),
-             "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10")}
+             "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10"),
+             "store": ("store", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +151,14 @@ def _main(argv: list[str]) -> int:
         p.add_argument("--hidden", type=int, help=f"maxout layer width (see --maxout-units; at most {MAX_HIDDEN})")
         p.add_argument("--maxout-units", dest="maxout_units", choices=("pre_activations", "outputs"),
                        help="what --hidden counts: pre-activations (default, 400 → 100 outputs) or outputs")
+        p.add_argument("--continue-from", dest="continue_from", metavar="LABEL",
+                       help="a stage: start from the committed weights of the stored row of this label "
+                            "(e.g. updates120k) with β = 1, a fresh optimizer and --updates more updates")
+        p.add_argument("--warmup", type=int, help="updates of linear warm-up of the rate (0: none)")
+        p.add_argument("--ema", dest="ema_decay", type=float,
+                       help="validate and keep an exponential moving average of the parameters (e.g. 0.999)")
+        p.add_argument("--fused", action="store_true", default=None,
+                       help="Adam's step in one fused kernel (the same arithmetic, faster on a CPU)")
         p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
         if name == "train":
             p.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=1000)

@@ -109,9 +109,23 @@ def remove_dead_temporaries(ckpt_dir: Path) -> list[Path]:
     return removed
 
 
+#: Training fields added after rows were stored, with the value that means "as before" (a run from scratch):
+#: at that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
+LATER_FIELDS: dict[str, Any] = {"init_from": "", "init_sha256": "", "updates_before": 0, "warmup": 0,
+                                "ema_decay": 0.0, "fused": False}
+_ABSENT = object()
+
+
+def training_fields(config: dict) -> dict:
+    """The fields of a run's config that its training depends on: all but the ``eval_*`` ones and the
+    :data:`LATER_FIELDS` at their neutral value (what :func:`flowbook.runner.config_digest` hashes)."""
+    return {k: v for k, v in config.items()
+            if not k.startswith("eval_") and LATER_FIELDS.get(k, _ABSENT) != v}
+
+
 def _train_fields(config: dict) -> dict:
     # the fields a checkpoint's run depends on (as in config_digest), JSON-normalized (tuples → lists)
-    return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("eval_")}))
+    return json.loads(json.dumps(training_fields(config)))
 
 
 def open_checkpoint(cfg: RunConfig, ckpt_dir: str | Path, *, restart: bool = False, device: str | torch.device = "cpu",

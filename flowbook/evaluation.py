@@ -19,9 +19,11 @@ from torch import Tensor
 from .models import DLGM
 from .objectives import importance_log_marginal
 
-__all__ = ["point_bounds", "summarize", "evaluate_resumable", "STATE_FORMAT"]
+__all__ = ["point_bounds", "summarize", "evaluate_resumable", "STATE_FORMAT", "POINTS_FORMAT", "points_file_name",
+           "save_point_values", "load_point_values", "stored_point_values", "paired_difference"]
 
 STATE_FORMAT = "flowbook-evaluation-state-1"
+POINTS_FORMAT = "flowbook-point-values-1"
 
 
 @torch.no_grad()
@@ -59,6 +61,65 @@ def summarize(neg_elbo: Tensor, neg_log_p: Tensor, samples: int) -> dict[str, fl
             "points": int(n), "samples": int(samples)}
 
 
+def points_file_name(name: str, samples: int, points: int, seed: int) -> str:
+    """Where an evaluation's per-digit values live, relative to the results directory:
+    ``points/<name>_S<samples>_n<points>_seed<seed>.json``."""
+    return f"points/{name}_S{samples}_n{points}_seed{seed}.json"
+
+
+def save_point_values(directory: str | Path, name: str, samples: int, seed: int, neg_elbo: Tensor,
+                      neg_log_p: Tensor) -> str:
+    """Write each test point's −ELBO and −ln p(x) of one evaluation (rounded to 1e-4 nats, far below the
+    estimates' own error) to ``<directory>/``:func:`points_file_name`; returns that relative name."""
+    from .results import write_json_atomic
+
+    relative = points_file_name(name, samples, len(neg_log_p), seed)
+    path = Path(directory) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"format": POINTS_FORMAT, "name": name, "samples": int(samples), "seed": int(seed),
+                             "points": len(neg_log_p),
+                             "neg_elbo": [round(v, 4) for v in neg_elbo.tolist()],
+                             "neg_log_p": [round(v, 4) for v in neg_log_p.tolist()]}, indent=None)
+    return relative
+
+
+def load_point_values(path: str | Path) -> dict[str, Any]:
+    """Read a file of :func:`save_point_values`: its fields, with ``neg_elbo`` and ``neg_log_p`` as float64
+    tensors; ValueError naming the file when it is not one."""
+    import json
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        ok = record.get("format") == POINTS_FORMAT and len(record["neg_elbo"]) == len(record["neg_log_p"]) \
+            == record["points"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable file of per-point values ({err})") from err
+    if not ok:
+        raise ValueError(f"{path} is not a file of per-point values ({POINTS_FORMAT}) with as many values as "
+                         "points; restore it with `git checkout`")
+    return {**record, "neg_elbo": torch.tensor(record["neg_elbo"], dtype=torch.float64),
+            "neg_log_p": torch.tensor(record["neg_log_p"], dtype=torch.float64)}
+
+
+def stored_point_values(name: str, samples: int, points: int, seed: int = 1234) -> dict[str, Any]:
+    """The per-point values of a stored evaluation of the row ``name`` (:func:`load_point_values`), read
+    through the store (:func:`flowbook.store.path`: verified in a clone, downloaded elsewhere)."""
+    from . import store
+
+    return load_point_values(store.path(f"data/results/{points_file_name(name, samples, points, seed)}"))
+
+
+def paired_difference(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """Mean of a − b over the same points and its standard error, sd(a − b)/√n: the comparison of two models
+    on the same test digits, whose error is far smaller than either mean's (the digits' own spread of
+    −ln p(x), several nats, cancels)."""
+    if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
+        raise ValueError(f"paired values need two vectors of one length ≥ 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+    d = (a - b).to(torch.float64)
+    return d.mean().item(), (d.std() / math.sqrt(len(d))).item()
+
+
 def _weights_digest(model: DLGM) -> str:
     """A digest of the parameters, so that a saved state is only resumed for the weights it belongs to."""
     import hashlib
@@ -78,7 +139,8 @@ def evaluate_resumable(model: DLGM, x_test: Tensor, samples: int, state_path: st
 
     Batch b draws from a generator seeded ``seed + b``, so a resumed evaluation draws exactly what an
     uninterrupted one would, whatever the device of the model. Returns the :func:`summarize` metrics (plus
-    ``eval_seconds``, the evaluation time summed over all pieces) when every point is done, or None when
+    ``eval_seconds``, the evaluation time summed over all pieces, and ``per_point``, each point's values as
+    in :func:`flowbook.train.evaluate`) when every point is done, or None when
     ``max_minutes`` ran out first (the state is saved; call again to continue). A state saved for other
     weights, samples, seed, batch or points is refused with the path to delete."""
     p = next(model.parameters())
@@ -125,7 +187,9 @@ def evaluate_resumable(model: DLGM, x_test: Tensor, samples: int, state_path: st
             save()
             return None
     save()
-    return {**summarize(torch.cat(ne), torch.cat(nl), samples), "eval_seconds": round(seconds, 3)}
+    neg_elbo, neg_log_p = torch.cat(ne), torch.cat(nl)
+    return {**summarize(neg_elbo, neg_log_p, samples), "eval_seconds": round(seconds, 3),
+            "per_point": {"neg_elbo": neg_elbo, "neg_log_p": neg_log_p}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +232,7 @@ def _main(argv: list[str]) -> int:
     from . import pretrained
     from .options import (MAX_SEED, OptionError, check_data_root, check_device, check_float, check_int,
                           check_writable_dir)
-    from .results import RESULTS_DIR, add_evaluation, find_evaluation, load_result
+    from .results import RESULTS_DIR, add_evaluation, find_evaluation, load_result, name_lock
     from .runner import command_line, pick_device
 
     parser = argparse.ArgumentParser(prog="python -m flowbook evaluate-weights",
@@ -224,7 +288,13 @@ def _main(argv: list[str]) -> int:
               "again to continue")
         return 3
     command = command_line(parser.prog, argv)
-    added = add_evaluation(result, {**metrics, "seed": args.seed, "batch": 100,
+    per_point = metrics.pop("per_point")
+    with name_lock(result.parent, args.name):  # a twin run that added this entry meanwhile keeps its points file
+        added = find_evaluation(load_result(result), {"samples": args.samples, "points": args.points,
+                                                      "seed": args.seed}) is None
+        if added:
+            metrics["points_file"] = save_point_values(RESULTS_DIR, args.name, args.samples, args.seed, **per_point)
+            add_evaluation(result, {**metrics, "seed": args.seed, "batch": 100,
                                     "weights": f"data/weights/{args.name}.pt",
                                     "binarization": fdata.binarized_mnist_source(),
                                     "torch_threads": torch.get_num_threads()},

@@ -265,8 +265,14 @@ class DLGM(AmortizedFlow, FreeEnergyModel):
             self._init_flow(c.flow_spec(), H, c.seed + 7919)
 
     # --- the pieces, each usable on its own (the chapter shows them one by one) -------------------
+    def _as_model_dtype(self, x: Tensor) -> Tensor:
+        # data arrive as float32 (flowbook.data); a model loaded or converted to float64 takes them as its own
+        # type instead of failing in its first matrix product
+        return x.to(self.q0_head.weight.dtype)
+
     def encode(self, x: Tensor) -> Tensor:
         """The encoder's last hidden layer h(x) (two maxout layers)."""
+        x = self._as_model_dtype(x)
         w = self.config.window
         for layer in self.enc:
             x = maxout(layer(x), w)
@@ -286,7 +292,7 @@ class DLGM(AmortizedFlow, FreeEnergyModel):
 
     def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         """ln p(x | z) from the decoder output ``out`` (x broadcasts against out's leading axes)."""
-        return likelihood_from_output(self.config, x, out, getattr(self, "log_sigma_x", None))
+        return likelihood_from_output(self.config, self._as_model_dtype(x), out, getattr(self, "log_sigma_x", None))
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """ln p(x, z) = ln p(x | z) + ln p(z)."""

@@ -2,6 +2,8 @@
 
 A result records the command, the git commit, the device, the date, the wall time and the full
 configuration of the run that produced it, so a reader can trace a number in the book to a run.
+The committed results are read through :mod:`flowbook.store`, so they are there and verified wherever
+flowbook is installed (a clone's files, or downloads at their pinned commit, e.g. in Colab).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from uuid import uuid4
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from . import store
+from .store import REPO_ROOT
+
 RESULTS_DIR = REPO_ROOT / "data" / "results"
 REQUIRED = ("name", "command", "commit", "device", "date", "wall_time_s", "config", "metrics")
 
@@ -93,8 +97,13 @@ def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], w
     return _write_atomic(directory / f"{name}.json", record)
 
 
-def _write_atomic(path: Path, record: dict[str, Any]) -> Path:
-    text = json.dumps(_finite_or_null(record), indent=2, sort_keys=False, allow_nan=False) + "\n"
+def write_json_atomic(path: Path, record: dict[str, Any], indent: int | None = 2) -> Path:
+    """Write ``record`` as strict JSON to ``path`` atomically (a reader never sees half a file)."""
+    return _write_atomic(path, record, indent)
+
+
+def _write_atomic(path: Path, record: dict[str, Any], indent: int | None = 2) -> Path:
+    text = json.dumps(_finite_or_null(record), indent=indent, sort_keys=False, allow_nan=False) + "\n"
     # one temporary file per call (pid and a random tag), in the same directory so the rename is atomic
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp"
     try:
@@ -188,8 +197,14 @@ def evaluation(record: dict[str, Any], samples: int | None = None) -> dict[str, 
 
 
 def load_result(path: Path | str) -> dict[str, Any]:
-    """Read a result and check that its provenance fields are present."""
+    """Read a result and check that its provenance fields are present.
+
+    A stored result (``RESULTS_DIR / "bench_dlgm.json"``) that is not here, as outside a clone, is
+    read from the store instead (:func:`flowbook.store.path`: downloaded once, checked by SHA-256)."""
     path = Path(path)
+    rel = store.relpath_of(path)
+    if rel in store.manifest() and not path.exists():
+        path = store.path(rel)
     try:
         record = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
@@ -208,6 +223,12 @@ def load_result(path: Path | str) -> dict[str, Any]:
 
 
 def load_results(prefix: str = "", directory: Path | str | None = None) -> list[dict[str, Any]]:
-    """All results whose file name starts with ``prefix``, sorted by name."""
-    directory = Path(directory) if directory is not None else RESULTS_DIR
-    return [load_result(p) for p in sorted(directory.glob(f"{prefix}*.json"))]
+    """All results whose file name starts with ``prefix``, sorted by name.
+
+    Without ``directory``: the stored results the manifest lists (:mod:`flowbook.store`), each checked
+    by SHA-256, so that a stray or copied file in ``data/results/`` never enters a table; with it, every
+    ``<directory>/<prefix>*.json`` (e.g. the output folder of a run)."""
+    if directory is None:
+        return [load_result(store.path(rel)) for rel in store.listed(f"data/results/{prefix}")
+                if rel.endswith(".json")]
+    return [load_result(p) for p in sorted(Path(directory).glob(f"{prefix}*.json"))]

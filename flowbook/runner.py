@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
+from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint, training_fields
+from .evaluation import points_file_name, save_point_values
 from .results import add_evaluation, describe_device, name_lock, save_result
 
 if TYPE_CHECKING:  # flowbook.train imports this module
@@ -72,9 +73,8 @@ def pick_device(name: str | None = "auto") -> torch.device:
 
 def config_digest(config: dict) -> str:
     """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
-    the first 12 hex digits of the sha256 of its JSON without the ``eval_*`` fields."""
-    train_fields = {k: v for k, v in config.items() if not k.startswith("eval_")}
-    return hashlib.sha256(json.dumps(train_fields, sort_keys=True).encode()).hexdigest()[:12]
+    the first 12 hex digits of the sha256 of the JSON of its :func:`~flowbook.checkpoints.training_fields`."""
+    return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: str = "--label") -> None:
@@ -284,11 +284,12 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         t0 = time.perf_counter()
         metrics = cfg.row_metrics(row, x_test, progress=progress)
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        per_point = metrics.pop("per_point", None)  # written with the result, below
         metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
         if best is not None:
             metrics["best_valid_free_energy"] = best["free_energy"]
         out[name] = metrics
-        evaluated.append((r, row, name, metrics))
+        evaluated.append((r, row, name, metrics, per_point))
     if out_dir is None or not evaluated:
         return out
     weights_of = {name: f"data/weights/{name}.pt" if weights_dir is not None else None for name in names}
@@ -298,16 +299,22 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         stored = stored_rows(cfg, out_dir, weights_dir, overwrite)  # what other processes wrote meanwhile
         written: list[tuple[Path, bytes | None]] = []
         try:
-            for r, row, name, metrics in evaluated:
+            for r, row, name, metrics, per_point in evaluated:
                 result = Path(out_dir) / f"{name}.json"
-                if stored[name] is not None:  # this configuration's row: stored before, or by a twin run meanwhile
-                    if add_evaluations:
-                        add_evaluation(result, {**metrics, "weights": weights_of[name], **data,
-                                                "torch_threads": torch.get_num_threads()},
-                                       device=device, command=command)
+                twin = stored[name] is not None  # this configuration's row: stored before, or by a twin meanwhile
+                if twin and not (add_evaluations and needs_evaluation(stored[name], cfg)):
                     continue
-                pair = [result] + ([Path(weights_dir) / f"{name}.pt"] if weights_dir is not None else [])
-                written += [(path, path.read_bytes() if path.exists() else None) for path in pair]
+                files = [] if twin else [result] + ([Path(weights_dir) / f"{name}.pt"] if weights_dir else [])
+                if per_point is not None:  # each test point's values, beside the result (seed: evaluate's)
+                    files.append(Path(out_dir) / points_file_name(name, metrics["samples"], metrics["points"], 1234))
+                written += [(path, path.read_bytes() if path.exists() else None) for path in files]
+                if per_point is not None:
+                    metrics["points_file"] = save_point_values(out_dir, name, metrics["samples"], 1234, **per_point)
+                if twin:
+                    add_evaluation(result, {**metrics, "seed": 1234, "weights": weights_of[name], **data,
+                                            "torch_threads": torch.get_num_threads()},
+                                   device=device, command=command)
+                    continue
                 if weights_dir is not None:
                     pretrained.save(row, name, weights_dir)
                 save_result(name, config=_result_config(run, r, row.config.to_dict(), data, device, weights_of[name]),
@@ -334,6 +341,7 @@ def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torc
                    weights: str | None) -> dict[str, Any]:
     """The ``config`` of row r's result: what trained it, on what, with which code, and its logs."""
     from .flows import planar_impl
+    from .train import stage_chain
 
     cfg = run.config
     best = run.best[r] if r < len(run.best) else None
@@ -343,5 +351,6 @@ def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torc
             "train_seconds": round(run.train_seconds, 3),
             "evaluated_at_update": best["step"] if best is not None else run.step,
             "weights": weights, "torch_threads": torch.get_num_threads(),
+            **({"chain": stage_chain(cfg)} if getattr(cfg, "init_from", "") else {}),
             "log": [{"step": e["step"], "beta": e["beta"], "free_energy": e["free_energy"][r]} for e in run.log],
             "valid_log": [{"step": e["step"], "free_energy": e["free_energy"][r]} for e in run.valid_log]}

@@ -24,12 +24,14 @@ and the results a finished run writes, are the dataset-neutral runner's (:mod:`f
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -42,7 +44,7 @@ from .objectives import beta_schedule
 from .runner import config_digest
 
 __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
-           "train", "evaluate", "Run", "validation_free_energy"]
+           "train", "evaluate", "Run", "validation_free_energy", "Averager", "continuation", "stage_chain", "start_from_weights", "file_sha256"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,14 @@ class TrainConfig:
     eval_points: int = 1000  # test points evaluated (10 000 = the whole test set)
     eval_samples: int = 100  # S of the importance-sampled ln p(x) (5000 in the paper)
     label: str = ""  # e.g. "dry run": appears in the result's name and config
+    # A continuation stage (stored mode): the run starts from committed weights instead of a random
+    # initialization, e.g. Table 2's 120 000-update row continued for 120 000 more (label updates240k).
+    init_from: str = ""  # the weights file it starts from, relative to the repository (empty: from scratch)
+    init_sha256: str = ""  # that file's sha256, so the chain of stages is pinned by content
+    updates_before: int = 0  # updates of the earlier stages of the chain (the row's total is this + updates)
+    warmup: int = 0  # linear warm-up of the rate over the first updates (a fresh optimizer's moments start at 0)
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the parameters
+    fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
 
     def model_configs(self) -> list[DLGMConfig]:
         return [DLGMConfig(flow=f, K=k, hidden=self.hidden, maxout_units=self.maxout_units,  # type: ignore[arg-type]
@@ -100,10 +110,15 @@ class TrainConfig:
         return f"{prefix}_{self.mode}{label}_{rows}"
 
     def lr_at(self, t: int) -> float:
-        """The learning rate of update t: constant, or a cosine decay from ``lr`` to ``lr_final``."""
+        """The learning rate of update t: a linear warm-up over the first ``warmup`` updates, then constant
+        or a cosine decay from ``lr`` to ``lr_final`` over the remaining updates."""
+        if t < self.warmup:
+            return self.lr * (t + 1) / self.warmup
         if self.lr_final is None:
             return self.lr
-        return self.lr_final + 0.5 * (self.lr - self.lr_final) * (1 + math.cos(math.pi * min(t, self.updates) / self.updates))
+        span = max(1, self.updates - self.warmup)
+        frac = min(t - self.warmup, span) / span
+        return self.lr_final + 0.5 * (self.lr - self.lr_final) * (1 + math.cos(math.pi * frac))
 
     def result_name(self, flow: str, K: int) -> str:
         """The result (and weights) name of one row, e.g. ``mnist_full_planar_K80`` (K = 0:
@@ -129,8 +144,9 @@ class TrainConfig:
         return {"binarization": fdata.binarized_mnist_source()}
 
     def row_metrics(self, row: DLGM, x_test: Tensor, progress: bool | None = None) -> dict[str, Any]:
-        """Table 2's numbers of one trained row: :func:`evaluate` with S = ``eval_samples``, in nats."""
-        return evaluate(row, x_test, self.eval_samples, progress=progress)
+        """Table 2's numbers of one trained row: :func:`evaluate` with S = ``eval_samples``, in nats, with
+        each test digit's values under ``per_point`` (so that rows compare on the same digits)."""
+        return evaluate(row, x_test, self.eval_samples, progress=progress, per_point=True)
 
 
 #: Fast mode — 2 CPU cores, minutes. Adam with learning rate 1e-3 and a 500-update annealing. Why not the
@@ -203,7 +219,8 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
+        # on a CPU torch's default Adam loops over the parameter tensors, a few small kernels each
+        return torch.optim.Adam(params, lr=cfg.lr, fused=cfg.fused)
     raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {cfg.optimizer!r}")
 
 
@@ -234,6 +251,104 @@ class Run:
             if r < len(self.best) and self.best[r] is not None:
                 row.load_state_dict(self.best[r]["state"])
         return rows
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex): how a stage names the weights it started from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def continuation(flow: str, K: int, label: str) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of a stage that continues the stored row (``flow``, ``K``) of the
+    protocol variant ``label`` (e.g. ``"updates120k"``) from its committed weights: the file and its
+    sha256, the updates the row has had so far, and β = 1 from the first update (the row was annealed in
+    its first stage). Raises ValueError naming the file when the row is not stored or not finished."""
+    from .pretrained import weights_name
+    from .results import REPO_ROOT, load_result
+
+    name = weights_name("mnist", flow, K, "stored", label)
+    weights, result = f"data/weights/{name}.pt", REPO_ROOT / "data" / "results" / f"{name}.json"
+    if not (REPO_ROOT / weights).is_file() or not result.is_file():
+        raise ValueError(f"--continue-from {label}: no stored row {name} (its weights {weights} and result "
+                         f"{result.relative_to(REPO_ROOT)} must both be committed)")
+    train = load_result(result)["config"]["train"]
+    done = train.get("updates_before", 0) + train["updates"]
+    return {"init_from": weights, "init_sha256": file_sha256(REPO_ROOT / weights), "updates_before": done,
+            "beta_start": 1.0}
+
+
+def stage_chain(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The stages a continued row went through, oldest first: for each, the weights it started from (path
+    and sha256) and the updates the row had then; empty for a run from scratch."""
+    from .results import REPO_ROOT, load_result
+
+    if not cfg.init_from:
+        return []
+    before = load_result(REPO_ROOT / "data" / "results" / f"{Path(cfg.init_from).stem}.json")
+    return [*before["config"].get("chain", []),
+            {"weights": cfg.init_from, "sha256": cfg.init_sha256, "updates": cfg.updates_before}]
+
+
+def start_from_weights(model: DLGM | MultiDLGM, cfg: TrainConfig) -> None:
+    """Load the weights a continuation stage starts from (``cfg.init_from``) into ``model``, after checking
+    that the file is the one the config names (its sha256) and holds this row (its model config)."""
+    from . import pretrained
+    from .results import REPO_ROOT
+
+    if len(cfg.rows) != 1:
+        raise ValueError(f"a continuation stage trains one row, got rows {cfg.rows}")
+    path = Path(cfg.init_from)
+    path = path if path.is_absolute() else REPO_ROOT / path
+    found = file_sha256(path) if path.is_file() else "no file"
+    if found != cfg.init_sha256:
+        raise ValueError(f"{path}: the stage starts from weights with sha256 {cfg.init_sha256}, found {found}; "
+                         f"restore the file with `git checkout -- {cfg.init_from}`")
+    start = pretrained.load_file(path)
+    if start.config != model.config:
+        raise ValueError(f"{path} holds the row {start.config.to_dict()}, not {model.config.to_dict()}")
+    model.load_state_dict(start.state_dict())
+
+
+class Averager:
+    """An exponential moving average of a model's parameters, θ̄ ← θ̄ + (1 − decay)(θ − θ̄) after each
+    update (Polyak averaging): the average wanders less than the last iterate of a noisy gradient method,
+    so it is what validation checks and what the run keeps when ``TrainConfig.ema_decay`` is set."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.params = [p for p in model.parameters()]
+        self.avg = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for a, p in zip(self.avg, self.params):
+            a.lerp_(p, 1.0 - self.decay)
+
+    def state(self) -> list[Tensor]:
+        return self.avg
+
+    @torch.no_grad()
+    def load(self, avg: list[Tensor]) -> None:
+        for a, b in zip(self.avg, avg, strict=True):
+            a.copy_(b)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged parameters in the model for the duration of the block, the trained ones after."""
+        with torch.no_grad():
+            kept = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, k in zip(self.params, kept):
+                    p.copy_(k)
 
 
 @torch.no_grad()
@@ -307,9 +422,14 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         if x_valid is None:
             x_valid = cfg.validation_data()
         x_valid = x_valid[:cfg.valid_points].to(device=device, dtype=dtype)
-    model = build_model(cfg).to(device=device, dtype=dtype)
+    model = build_model(cfg)
+    if cfg.init_from and state is None:
+        start_from_weights(model, cfg)
+    model = model.to(device=device, dtype=dtype)
     opt = make_optimizer(cfg, model.parameters())
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # a later stage draws noise its own stream (an earlier stage's seed would replay its first draws)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + cfg.updates_before)
+    ema = Averager(model, cfg.ema_decay) if cfg.ema_decay else None
     R, D = len(cfg.rows), cfg.model_configs()[0].latent
     run = Run(cfg, model, 0, best=[None] * R)
     # running sum of the per-row free energy since the last log entry (checkpointed with the rest)
@@ -331,6 +451,8 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         run.step, run.log, run.train_seconds = state["step"], state["log"], state["train_seconds"]
         run.valid_log, run.best = state.get("valid_log", []), state.get("best", [None] * R)
         run.resumed_from = run.step
+        if ema is not None:
+            ema.load(state["ema"])
         acc.copy_(state["log_acc"])
         acc_n = state["log_acc_n"]
 
@@ -345,17 +467,20 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
                      "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
                      "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds,
-                     "valid_log": run.valid_log, "best": run.best, "planar_impl": impl}, path)
+                     "valid_log": run.valid_log, "best": run.best, "planar_impl": impl,
+                     **({"ema": ema.state()} if ema is not None else {})}, path)
 
     def validate() -> None:
-        values = validation_free_energy(model, x_valid, cfg.seed + 2)
-        run.valid_log.append({"step": run.step, "free_energy": values})
-        rows = None
-        for r, v in enumerate(values):
-            if math.isfinite(v) and (run.best[r] is None or v < run.best[r]["free_energy"]):
-                rows = rows or model.rows()
-                state = {k: t.detach().clone() for k, t in rows[r].state_dict().items()}
-                run.best[r] = {"step": run.step, "free_energy": v, "state": state}
+        # with averaging, the averaged parameters are the ones checked and kept
+        with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+            values = validation_free_energy(model, x_valid, cfg.seed + 2)
+            run.valid_log.append({"step": run.step, "free_energy": values})
+            rows = None
+            for r, v in enumerate(values):
+                if math.isfinite(v) and (run.best[r] is None or v < run.best[r]["free_energy"]):
+                    rows = rows or model.rows()
+                    state = {k: t.detach().clone() for k, t in rows[r].state_dict().items()}
+                    run.best[r] = {"step": run.step, "free_energy": v, "state": state}
 
     loss_fn = torch.compile(model.loss) if compile else model.loss
     end = cfg.updates if stop_at is None else min(stop_at, cfg.updates)
@@ -369,16 +494,18 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     t0 = time.perf_counter()
     seconds_before = run.train_seconds
     while run.step < end:
-        x = _batch_for_update(x_train, run.step, cfg, cache)
+        x = _batch_for_update(x_train, cfg.updates_before + run.step, cfg, cache)  # the chain's epochs go on
         eps = torch.randn(x.shape[0], D, generator=noise, device=device, dtype=dtype)
         beta = beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup)
-        if cfg.lr_final is not None:
+        if cfg.lr_final is not None or cfg.warmup:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(run.step)
         losses = loss_fn(x, eps, beta)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # rows are independent: the sum's gradient is each row's own
         opt.step()
+        if ema is not None:
+            ema.update()
         run.step += 1
         acc += losses.detach().to(torch.float64)
         acc_n += 1
@@ -408,14 +535,17 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
 
 @torch.no_grad()
 def evaluate(model: DLGM, x_test: Tensor, samples: int, *, batch: int = 100, chunk: int | None = None,
-             seed: int = 1234, progress: bool | None = None) -> dict[str, float]:
+             seed: int = 1234, progress: bool | None = None, per_point: bool = False) -> dict[str, Any]:
     """Test-set −ELBO, importance-sampled −ln p(x) with S = ``samples``, and KL = bound − (−ln p).
 
     These are the three panels of the paper's Figure 4. Both estimates use the same S draws
     z_s ~ q_K(z | x) per test point: −ELBO ≈ −(1/S) Σ_s ln w_s and −ln p(x) ≈ −ln (1/S) Σ_s w_s with
     w_s = p(x, z_s)/q_K(z_s | x) (:func:`flowbook.objectives.importance_log_marginal`), so KL ≥ 0 holds
     for every point, not only in expectation. Test points go ``batch`` at a time and the samples
-    ``chunk`` at a time (default: about 20 000 (sample, point) pairs per chunk).
+    ``chunk`` at a time (default: about 20 000 (sample, point) pairs per chunk). With ``per_point``, the
+    result also holds each point's values, ``{"per_point": {"neg_elbo": ..., "neg_log_p": ...}}`` (float64
+    tensors), for paired comparisons of models on the same points
+    (:func:`flowbook.evaluation.paired_difference`).
     """
     p = next(model.parameters())
     x_test = x_test.to(device=p.device, dtype=p.dtype)
@@ -430,4 +560,8 @@ def evaluate(model: DLGM, x_test: Tensor, samples: int, *, batch: int = 100, chu
         e, l = point_bounds(model, x_test[i:i + batch], samples, gen, chunk)
         neg_elbo.append(e)
         neg_logp.append(l)
-    return summarize(torch.cat(neg_elbo), torch.cat(neg_logp), samples)
+    neg_elbo_t, neg_logp_t = torch.cat(neg_elbo), torch.cat(neg_logp)
+    out: dict[str, Any] = summarize(neg_elbo_t, neg_logp_t, samples)
+    if per_point:
+        out["per_point"] = {"neg_elbo": neg_elbo_t.cpu(), "neg_log_p": neg_logp_t.cpu()}
+    return out

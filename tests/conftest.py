@@ -1,7 +1,11 @@
 """Shared fixtures of the test suite."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,3 +41,27 @@ def no_mode_from_the_environment(monkeypatch):
     that a shell with ``FLOWBOOK_MODE=full`` does not turn a test's run into the paper's protocol; tests
     of the variable set it themselves."""
     monkeypatch.delenv("FLOWBOOK_MODE", raising=False)
+
+
+@pytest.fixture
+def store_server(tmp_path_factory):
+    """``store_server(root)``: serve ``root`` the way the store downloads (``.ci/store_server.py``:
+    ``/{commit}/{relpath}`` answers ``root/relpath``) on a free local port, and return its base URL;
+    every server started is stopped after the test."""
+    servers = []
+
+    def start(root) -> str:
+        port_file = tmp_path_factory.mktemp("server") / "port"
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / ".ci" / "store_server.py"),
+                                 str(root), str(port_file)])
+        servers.append(proc)
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the store server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port_file.read_text()}"
+
+    yield start
+    for proc in servers:
+        proc.kill()
+        proc.wait()

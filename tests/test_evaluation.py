@@ -199,3 +199,38 @@ def test_command_line_ends_with_one_line_and_status_1_on_a_damaged_dataset(store
     assert evaluation.main(argv) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("python -m flowbook evaluate-weights: error: ") and str(root / "mnist.npz") in line
+
+
+def test_per_point_values_are_saved_read_back_and_paired(tmp_path):
+    from flowbook.evaluation import load_point_values, paired_difference, save_point_values
+    from flowbook.train import evaluate
+
+    model, x = _model(), _data(30)
+    m = evaluate(model, x, samples=8, batch=10, per_point=True)
+    pp = m["per_point"]
+    assert pp["neg_log_p"].shape == (30,) and m["neg_log_p"] == pytest.approx(pp["neg_log_p"].mean().item())
+    name = save_point_values(tmp_path, "row", 8, 1234, **pp)
+    back = load_point_values(tmp_path / name)
+    assert back["samples"] == 8 and back["points"] == 30
+    torch.testing.assert_close(back["neg_log_p"], pp["neg_log_p"], atol=5e-5, rtol=0)
+    a = torch.tensor([1.0, 2.0, 4.0])
+    mean, sem = paired_difference(a, a - torch.tensor([0.5, 1.0, 1.5]))
+    assert mean == pytest.approx(1.0) and sem == pytest.approx(0.5 / 3 ** 0.5)
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference(a, a[:2])
+    (tmp_path / "bad.json").write_text('{"format": "x"}')
+    with pytest.raises(ValueError, match="per-point"):
+        load_point_values(tmp_path / "bad.json")
+
+
+def test_stored_per_point_values_agree_with_their_evaluation_entry():
+    from flowbook import results
+    from flowbook.evaluation import stored_point_values
+
+    name = "mnist_stored_updates120k_planar_K80"
+    entry = next(e for e in results.load_result(results.RESULTS_DIR / f"{name}.json")["evaluations"]
+                 if e.get("points_file"))
+    values = stored_point_values(name, entry["samples"], entry["points"], entry["seed"])
+    assert values["points"] == entry["points"] == len(values["neg_log_p"])
+    assert values["neg_log_p"].mean().item() == pytest.approx(entry["neg_log_p"], abs=1e-4)
+    assert (values["neg_elbo"] - values["neg_log_p"]).mean().item() == pytest.approx(entry["kl"], abs=1e-4)

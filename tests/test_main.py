@@ -129,8 +129,8 @@ TINY = ["--hidden", "16", "--updates", "3", "--batch-size", "20", "--eval-points
 
 
 def _contents(*directories: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for d in directories if d.is_dir() for p in sorted(d.iterdir())
-            if not p.name.startswith(".")}
+    return {p: p.read_bytes() for d in directories if d.is_dir() for p in sorted(d.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def test_committed_weights_beside_no_result_of_this_run_are_not_replaced(tmp_path, monkeypatch, capsys) -> None:

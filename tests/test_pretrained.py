@@ -2,13 +2,23 @@
 weights of the stored runs reproduce their stored results."""
 from __future__ import annotations
 
+import io
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from flowbook import data, pretrained
+from flowbook import data, pretrained, store
 from flowbook.models import DLGM, DLGMConfig
+from flowbook.results import load_result
+from flowbook.store import StoreError
 from flowbook.train import evaluate
 
 
@@ -19,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_save_then_load_gives_the_rounded_model(tmp_path, flow, K):
     model = DLGM(DLGMConfig(flow=flow, K=K, hidden=16))
     pretrained.round_like_saved(model)
-    path = pretrained.save(model, "m", tmp_path)
+    path = pretrained.save(model, pretrained.weights_name("mnist", flow, K), tmp_path)
     loaded = pretrained.load_file(path)
     assert loaded.config == model.config
     for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
@@ -49,6 +59,10 @@ def test_missing_and_damaged_files_are_named(tmp_path):
     torch.save({"something": 1}, bad)
     with pytest.raises(ValueError, match="not a flowbook weights file"):
         pretrained.load("planar", 7, directory=tmp_path)
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError) as info:
+        pretrained.load_file(bad)
+    assert "{path}" not in str(info.value) and str(bad) in str(info.value)  # bug 17: the path, not a placeholder
 
 
 def test_names():
@@ -70,43 +84,55 @@ def test_stored_results_keep_variants_apart():
     assert pretrained.stored_results("mnist", label="no-such-label") == {}
 
 
-MNIST_ROWS = [(label, row) for label in (None, "updates120k")
-              for row in sorted(pretrained.stored_results("mnist", label=label))]
+#: Every committed weights file (the manifest's), each with its result beside it.
+WEIGHTS = [rel for rel in store.listed("data/weights/") if rel.endswith(".pt")]
 
 
-@pytest.mark.parametrize("label,row", MNIST_ROWS, ids=[f"{lab or ''}{f}{k}" for lab, (f, k) in MNIST_ROWS])
-def test_committed_mnist_weights_reproduce_their_stored_bound(label, row):
-    """The committed weights of each stored Table 2 row (and of each row of the 120 000-update variant),
-    evaluated on the first 300 test digits, give a −ELBO within 3 standard errors of the stored
-    whole-test-set value (and the same binarization)."""
-    record = pretrained.stored_results("mnist", label=label)[row]
-    assert record["config"]["binarization"] == data.binarized_mnist_source()
-    model = pretrained.load(*row, label=label)
+def _stored(rel: str) -> tuple[dict, dict]:
+    """The result record of the committed weights file ``rel`` and the row its content says it is."""
+    path = store.path(f"data/results/{Path(rel).stem}.json")
+    record = load_result(path)
+    return record, pretrained.check_result(record, path)
+
+
+@pytest.mark.parametrize("rel", WEIGHTS, ids=lambda rel: Path(rel).stem)
+def test_every_committed_weights_file_is_its_row_and_reproduces_its_stored_bound(rel):
+    """Each committed weights file loads, through :func:`pretrained.load` and all its checks, as the row its
+    name says; evaluated on the first 300 test points (MNIST digits, or CIFAR-10 patches in nats per patch
+    of v: the bound of p_Y plus the squeeze's Jacobian) it gives a −ELBO within 3 standard errors of the
+    stored whole-test-set value."""
+    from flowbook import cifar
+
+    record, row = _stored(rel)
+    assert row["name"] == Path(rel).stem and row["updates_done"] == row["updates"]
+    model = pretrained.load(row["flow"], row["K"], row["dataset"], row["protocol"], label=row["label"])
     assert model.config.to_dict() == record["config"]["model"]
-    m = evaluate(model, data.binarized_mnist("test")[:300], samples=20, progress=False)
-    stored = record["metrics"]
-    assert math.isfinite(m["neg_elbo"])
-    assert abs(m["neg_elbo"] - stored["neg_elbo"]) < 3 * m["neg_elbo_sem"], (m, stored["neg_elbo"])
-    assert m["neg_log_p"] <= m["neg_elbo"] + 1e-6
+    if row["dataset"] == "mnist":
+        assert record["config"]["binarization"] == data.binarized_mnist_source()
+        x, offset = data.binarized_mnist("test")[:300], 0.0
+    else:
+        x, offset = cifar.test_data(cifar.STORED)[:300], -data.unit_interval_log_jacobian(cifar.PATCH_DIM, cifar.EPS)
+    m = evaluate(model, x, samples=20, progress=False)
+    stored = record["metrics"]["neg_elbo"]
+    assert math.isfinite(m["neg_elbo"]) and m["neg_log_p"] <= m["neg_elbo"] + 1e-6
+    assert abs(m["neg_elbo"] + offset - stored) < 3 * m["neg_elbo_sem"], (m, stored)
 
 
 def test_every_committed_weights_file_is_small_and_has_its_result():
     """Each file in data/weights/ is at most 3 MB and is named like a stored result, whose provenance
     points back at it."""
-    from flowbook.results import RESULTS_DIR, load_result
-
-    for path in sorted(pretrained.WEIGHTS_DIR.glob("*.pt")):
-        assert path.stat().st_size <= 3 * 2**20, path
-        record = load_result(RESULTS_DIR / f"{path.stem}.json")
-        assert record["config"]["weights"] == f"data/weights/{path.name}"
+    for rel in WEIGHTS:
+        assert store.manifest()[rel]["size"] <= 3 * 2**20, rel
+        record, _ = _stored(rel)
+        assert record["config"]["weights"] == rel
 
 
-@pytest.mark.parametrize("path", sorted(pretrained.WEIGHTS_DIR.glob("*.pt")), ids=lambda p: p.stem)
-def test_every_committed_weights_file_builds_its_model(path):
+@pytest.mark.parametrize("rel", WEIGHTS, ids=lambda rel: Path(rel).stem)
+def test_every_committed_weights_file_builds_its_model(rel):
     """Each committed weights file loads into a DLGM of its stored config with exactly the parameter names
     of a freshly built one (the names the flow specs give: flow_head, nice_w1, nice_w2, nice_mixing), and
     its free energy on two inputs is finite."""
-    model = pretrained.load_file(path)
+    model = pretrained.load_file(store.path(rel))
     fresh = DLGM(model.config)
     assert list(model.state_dict()) == list(fresh.state_dict())
     c = model.config
@@ -121,25 +147,6 @@ def test_every_committed_weights_file_builds_its_model(path):
         assert torch.isfinite(model.loss(x, torch.zeros(2, c.latent))).all()
 
 
-CIFAR_ROWS = sorted(pretrained.stored_results("cifar10"))
-
-
-@pytest.mark.parametrize("row", CIFAR_ROWS, ids=[f"K{k}" for _, k in CIFAR_ROWS])
-def test_committed_cifar_weights_reproduce_their_stored_bound(row):
-    """The same check for the stored Table 3 rows, on the first 300 of the fixed test patches, in nats
-    per patch of v (the bound of p_Y plus the squeeze's Jacobian)."""
-    from flowbook import cifar
-
-    record = pretrained.stored_results("cifar10")[row]
-    model = pretrained.load(*row, "cifar10")
-    assert model.config.to_dict() == record["config"]["model"]
-    y = cifar.test_data(cifar.STORED)[:300]
-    m = evaluate(model, y, samples=20, progress=False)
-    bound = m["neg_elbo"] - data.unit_interval_log_jacobian(cifar.PATCH_DIM, cifar.EPS)
-    stored = record["metrics"]["neg_elbo"]
-    assert abs(bound - stored) < 3 * m["neg_elbo_sem"], (bound, stored)
-
-
 def test_every_table_row_is_stored():
     """Table 3's four rows and the paper's nine rows of Table 2 are all stored, with weights, for Table 2's
     protocol (120 000 updates) and for the first one (60 000), which chapter 5 compares with it."""
@@ -148,4 +155,185 @@ def test_every_table_row_is_stored():
     for label in (None, "updates120k"):
         rows = pretrained.stored_results("mnist", label=label)
         assert table2 <= set(rows), label
-        assert all((pretrained.WEIGHTS_DIR / f"{r['name']}.pt").is_file() for r in rows.values())
+        assert all(f"data/weights/{r['name']}.pt" in store.manifest() for r in rows.values())
+
+
+# --- the read side of issue 26: a file is accepted only if it is what was asked for ---------------------------
+K80 = "mnist_stored_updates120k_planar_K80"
+
+
+@pytest.fixture
+def clone(tmp_path, monkeypatch):
+    """A copy of the clone's stored files, taken as the clone (with the shipped manifest), to damage."""
+    root = tmp_path / "clone"
+    (root / ".git").mkdir(parents=True)
+    shutil.copytree(store.REPO_ROOT / "data" / "results", root / "data" / "results")
+    shutil.copytree(store.REPO_ROOT / "data" / "weights", root / "data" / "weights")
+    monkeypatch.setattr(store, "REPO_ROOT", root)
+    monkeypatch.setattr(pretrained, "REPO_ROOT", root)
+    return root
+
+
+@pytest.mark.parametrize("source", ["mnist_stored_updates120k_planar_K10", "mnist_stored_updates120k_nice_K80",
+                                    "cifar10_stored_K10"])
+def test_another_rows_weights_under_a_rows_name_are_refused(clone, tmp_path, source):
+    """Bug 2: another row's weights copied under the K = 80 row's name (K = 10, a NICE file, the CIFAR-10
+    K = 10 file) are refused by load and by stored_results, in the clone (the manifest's SHA-256) and in
+    a folder without a manifest (the file's own config)."""
+    weights = clone / "data" / "weights"
+    shutil.copy(weights / f"{source}.pt", weights / f"{K80}.pt")
+    with pytest.raises(StoreError, match=rf"{K80}.pt is not the stored data/weights/{K80}.pt.*git checkout --"):
+        pretrained.load("planar", 80, label="updates120k")
+    with pytest.raises(StoreError, match=rf"{K80}.pt is not the stored"):
+        pretrained.stored_results("mnist", label="updates120k")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(weights / f"{K80}.pt", plain)
+    with pytest.raises(StoreError, match=rf"{K80}.pt: its config is a \w+ model with flow \w+, K = (10|80) "
+                                         rf"\(a file named \w+_..._(planar_K10|nice_K80|K10).pt\), not {K80}"):
+        pretrained.load("planar", 80, label="updates120k", directory=plain)
+
+
+def test_a_stray_or_misnamed_result_cannot_change_or_drop_a_row(clone):
+    """Bug 8: a stray ``..._old.json`` with −ln p 1.0 is ignored (not in the manifest) in the clone and
+    refused in a plain folder; a K = 10 record under the K = 80 name is refused, naming both."""
+    results_dir = clone / "data" / "results"
+    before = pretrained.stored_results("mnist", label="updates120k")
+    record = json.loads((results_dir / f"{K80}.json").read_text())
+    record["metrics"]["neg_log_p"] = 1.0
+    (results_dir / f"{K80}_old.json").write_text(json.dumps(record))
+    after = pretrained.stored_results("mnist", label="updates120k")
+    assert after.keys() == before.keys() and after[("planar", 80)]["metrics"]["neg_log_p"] > 80
+    with pytest.raises(StoreError, match=rf"{K80}_old.json: its content is the run {K80} .*, not {K80}_old"):
+        pretrained.stored_results("mnist", directory=results_dir, label="updates120k")
+    (results_dir / f"{K80}_old.json").unlink()
+    shutil.copy(results_dir / "mnist_stored_updates120k_planar_K10.json", results_dir / f"{K80}.json")
+    with pytest.raises(StoreError, match=rf"{K80}.json is not the stored data/results/{K80}.json"):
+        pretrained.stored_results("mnist", label="updates120k")
+    with pytest.raises(StoreError, match=rf"{K80}.json: its content is the run mnist_stored_updates120k_planar_K10"):
+        pretrained.stored_results("mnist", directory=results_dir, label="updates120k")
+
+
+def _row_files(tmp_path, name: str = "mnist_stored_planar_K2") -> tuple[Path, dict]:
+    """A small row saved in tmp_path (weights) and its well-formed result record."""
+    model = DLGM(DLGMConfig(flow="planar", K=2, hidden=16))
+    pretrained.save(model, name, tmp_path)
+    record = {"name": name, "command": "c", "commit": "x", "device": "cpu", "date": "d", "wall_time_s": 1.0,
+              "config": {"model": model.config.to_dict(), "train": {"mode": "stored", "label": "", "updates": 5},
+                         "updates_done": 5},
+              "metrics": {"neg_elbo": 100.0, "neg_log_p": 98.0, "points": 10, "samples": 2}}
+    return tmp_path / f"{name}.pt", record
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(config=None), r"'config' must be an object with objects 'train' and 'model' \(found null\)"),
+    (lambda r: r["config"].pop("train"), r"'config' must be an object .*found keys \['model', 'updates_done'\]"),
+    (lambda r: r.update(metrics=None), r"metrics is NoneType, not an object with neg_elbo"),
+    (lambda r: r["metrics"].update(neg_log_p=None), r"metrics\['neg_log_p'\] is None, not a finite number"),
+    (lambda r: r["metrics"].update(neg_log_p=float("nan")), r"metrics\['neg_log_p'\] is nan, not a finite"),
+    (lambda r: r["metrics"].update(neg_elbo="90"), r"metrics\['neg_elbo'\] is '90', not a finite number"),
+    (lambda r: r.update(evaluations=[{"samples": 5000, "points": 10, "neg_log_p": None}]),
+     r"evaluations\[0\]\['neg_elbo'\] is None"),
+    (lambda r: r["config"]["model"].update(K="2"), r"the record does not say which row it is \(K '2'"),
+    (lambda r: r["config"]["model"].update(K=10), r"its content is the run mnist_stored_planar_K10"),
+], ids=["config-null", "no-train", "metrics-null", "nlp-null", "nlp-nan", "string", "evaluation-null", "K-string",
+        "other-row"])
+def test_a_malformed_result_is_refused_clearly(tmp_path, change, message):
+    """Bugs 9 and 10 (results): a parseable but malformed record gives one StoreError naming the file,
+    never a TypeError, KeyError or AttributeError, and no None, NaN or string reaches a table."""
+    _, record = _row_files(tmp_path)
+    change(record)
+    (tmp_path / "mnist_stored_planar_K2.json").write_text(json.dumps(record))
+    with pytest.raises(StoreError, match=rf"mnist_stored_planar_K2.json: .*{message}"):
+        pretrained.stored_results("mnist", directory=tmp_path)
+
+
+def _rewrite(path: Path, change) -> None:
+    saved = torch.load(path, weights_only=True)
+    change(saved)
+    torch.save(saved, path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w: w.pop("config"), r"'config' is NoneType, not the model's config"),
+    (lambda w: w["config"].update(hidden="many"), r"is not a valid model config"),
+    (lambda w: w["state"].update({"q0_head.bias": torch.zeros(3)}), r"q0_head.bias is torch.float32 \(3,\), expected floating point \(80,\)"),
+    (lambda w: w["state"].update({"q0_head.bias": w["state"]["q0_head.bias"].to(torch.int8)}),
+     r"q0_head.bias is torch.int8 \(80,\), expected floating point"),
+    (lambda w: w["state"]["q0_head.bias"].fill_(float("nan")), r"q0_head.bias holds 80 non-finite values"),
+    (lambda w: w["state"].pop("q0_head.bias"), r"its parameters do not match its config \(differing: \['q0_head.bias'\]"),
+    (lambda w: w["config"].update(K=3), r"flow planar, K = 3 .*not mnist_stored_planar_K2"),
+], ids=["no-config", "bad-config", "wrong-shape", "int8", "nan", "missing-tensor", "other-row"])
+def test_a_malformed_weights_file_is_refused_clearly(tmp_path, change, message):
+    """Bugs 9 and 10 (weights): no config, a wrong-shape, int8 or NaN tensor, or another row's config give
+    one StoreError naming the file, never a KeyError or a size-mismatch RuntimeError."""
+    path, _ = _row_files(tmp_path)
+    _rewrite(path, change)
+    with pytest.raises(StoreError, match=rf"mnist_stored_planar_K2.pt: .*{message}"):
+        pretrained.load("planar", 2, directory=tmp_path)
+
+
+def test_weights_must_be_their_results_model(tmp_path):
+    path, record = _row_files(tmp_path)
+    other = {**record["config"]["model"], "seed": 1}
+    with pytest.raises(StoreError, match=r"its config differs from its result's config.model in seed \(0 here, 1"):
+        pretrained.load_file(path, expected_config=other)
+
+
+def test_saves_are_byte_identical_and_leave_no_temporary(tmp_path, monkeypatch):
+    """Bug 16: two saves of the same model give the same bytes (no temporary name inside the archive); a
+    failed save leaves no temporary, and a killed writer's temporary is removed by the next save."""
+    a = pretrained.save(DLGM(DLGMConfig(flow="nice", K=2, hidden=16)), "mnist_stored_nice_K2", tmp_path / "a")
+    b = pretrained.save(DLGM(DLGMConfig(flow="nice", K=2, hidden=16)), "mnist_stored_nice_K2", tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert all(n.startswith("archive/") for n in zipfile.ZipFile(io.BytesIO(a.read_bytes())).namelist())
+    stale = tmp_path / "a" / ".mnist_stored_nice_K2.pt.999999999.tmp"  # no process has this pid
+    stale.write_bytes(b"half")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pretrained.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        pretrained.save(DLGM(DLGMConfig(flow="nice", K=2, hidden=16)), "mnist_stored_nice_K2", tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["mnist_stored_nice_K2.pt"]
+
+
+def test_a_float64_model_takes_float32_data(tmp_path):
+    """Bug 17: a model loaded as float64 evaluates float32 data (cast to its type) instead of failing."""
+    path, _ = _row_files(tmp_path)
+    m64 = pretrained.load_file(path, dtype=torch.float64)
+    m32 = pretrained.load_file(path)
+    x = (torch.rand(4, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    eps = torch.zeros(4, 40)
+    assert m64.loss(x, eps).dtype == torch.float64
+    torch.testing.assert_close(m64.loss(x, eps).float(), m32.loss(x, eps), rtol=1e-4, atol=1e-3)
+    _, zK, _ = m64.posterior_samples(x, 2)
+    assert zK.dtype == torch.float64
+
+
+def test_load_outside_any_clone_downloads_the_verified_row(tmp_path, store_server):
+    """In a fresh process that imports flowbook from a folder outside any clone (as a wheel in Colab), from
+    an empty working folder, with an empty cache and the store pointed at a local server of this clone,
+    :func:`pretrained.load` returns the stored K = 80 row, equal to the clone's own."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(pretrained.__file__).parent, site / "flowbook",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "content").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "FLOWBOOK_STORE_LOCAL"}
+    env.update(PYTHONPATH=str(site), FLOWBOOK_STORE_URL=store_server(store.REPO_ROOT),
+               FLOWBOOK_CACHE=str(tmp_path / "cache"))
+    script = ("import json, flowbook; from flowbook import pretrained, store\n"
+              "m = pretrained.load('planar', 80, label='updates120k')\n"
+              "rows = pretrained.stored_results('mnist', label='updates120k')\n"
+              "print(json.dumps({'file': flowbook.__file__, 'clone': store.in_clone(), 'config': m.config.to_dict(),"
+              " 'sum': sum(float(p.detach().double().sum()) for p in m.parameters()), 'rows': len(rows)}))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "content", env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    local = pretrained.load("planar", 80, label="updates120k")
+    assert got["file"].startswith(str(site)) and not got["clone"]
+    assert got["config"] == local.config.to_dict() and got["rows"] == 9
+    assert got["sum"] == sum(float(p.detach().double().sum()) for p in local.parameters())
+    assert (tmp_path / "cache" / "store").is_dir() and not (tmp_path / "content" / "data").exists()

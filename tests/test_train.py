@@ -295,3 +295,78 @@ def test_a_resume_on_the_other_planar_implementation_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="planar chain 'flowbook.kernels.elsewhere planar_chain'"):
         train(cfg, x_train=_data(), ckpt_dir=tmp_path)
     assert cfg.digest() == digest and path.name.endswith(f"_{digest}.pt")
+
+
+# --- continuation stages (a stored row continued from its committed weights) ---
+
+def test_the_rate_warms_up_linearly_then_decays_to_its_final_value() -> None:
+    cfg = dataclasses.replace(TINY, updates=100, lr=1e-3, lr_final=1e-5, warmup=10)
+    assert cfg.lr_at(0) == pytest.approx(1e-4) and cfg.lr_at(9) == pytest.approx(1e-3)
+    assert cfg.lr_at(10) == pytest.approx(1e-3) and cfg.lr_at(100) == pytest.approx(1e-5)
+    rates = [cfg.lr_at(t) for t in range(10, 101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # the cosine only decreases
+    assert dataclasses.replace(cfg, warmup=0).lr_at(0) == pytest.approx(1e-3)  # no warm-up: as before
+
+
+def test_later_fields_at_their_neutral_value_leave_a_stored_rows_identity_alone() -> None:
+    from flowbook.results import load_result
+    from flowbook.runner import config_digest
+
+    stored = load_result(ROOT / "data/results/mnist_stored_updates120k_planar_K80.json")["config"]["train"]
+    cfg = dataclasses.replace(train_module.STORED, rows=(("planar", 80),), updates=120_000, label="updates120k")
+    assert "ema_decay" not in stored and config_digest(stored) == cfg.digest()
+    assert dataclasses.replace(cfg, ema_decay=0.999).digest() != cfg.digest()
+
+
+def test_the_average_follows_the_parameters_with_its_decay_and_is_swapped_in_and_back() -> None:
+    model = torch.nn.Linear(3, 2)
+    start = [p.detach().clone() for p in model.parameters()]
+    avg = train_module.Averager(model, 0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    avg.update()
+    for a, s in zip(avg.state(), start):
+        torch.testing.assert_close(a, s + 0.1)  # s + (1 − 0.9)·((s + 1) − s)
+    with avg.swapped_in():
+        for p, s in zip(model.parameters(), start):
+            torch.testing.assert_close(p.detach(), s + 0.1)
+    for p, s in zip(model.parameters(), start):
+        torch.testing.assert_close(p.detach(), s + 1.0)
+
+
+def test_a_stage_starts_from_the_committed_weights_it_names_and_records_the_chain(tmp_path) -> None:
+    from flowbook import pretrained
+
+    stage = train_module.continuation("planar", 10, "updates120k")
+    assert stage["updates_before"] == 120_000 and stage["beta_start"] == 1.0
+    cfg = dataclasses.replace(train_module.STORED, rows=(("planar", 10),), updates=3, valid_every=0,
+                              label="stage-test", lr=1e-12, lr_final=None, **stage)
+    run = train(cfg, x_train=_data(300))
+    start = pretrained.load_file(ROOT / stage["init_from"])
+    for (k, a), b in zip(run.model.state_dict().items(), start.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)  # a rate of 1e-12 barely moves them
+    assert train_module.stage_chain(cfg) == [{"weights": stage["init_from"], "sha256": stage["init_sha256"],
+                                              "updates": 120_000}]
+    with pytest.raises(ValueError, match="sha256"):
+        train(dataclasses.replace(cfg, init_sha256="0" * 64), x_train=_data(300))
+    other = dataclasses.replace(cfg, rows=(("planar", 20),))
+    with pytest.raises(ValueError, match="holds the row"):
+        train(other, x_train=_data(300))
+
+
+def test_a_stage_cannot_reuse_the_label_it_starts_from(tmp_path) -> None:
+    out = subprocess.run([sys.executable, "-m", "flowbook", "train", "--mode", "stored", "--flow", "planar",
+                          "--K", "10", "--continue-from", "updates120k", "--label", "updates120k",
+                          "--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "a --label of its own" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_one() -> None:
+    x = _data(200)
+    plain = train(dataclasses.replace(TINY, updates=20), x_train=x)
+    fused = train(dataclasses.replace(TINY, updates=20, fused=True), x_train=x)
+    for (k, a), b in zip(plain.model.state_dict().items(), fused.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=k)
+    assert dataclasses.replace(TINY, fused=True).digest() != TINY.digest()
