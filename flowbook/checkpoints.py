@@ -160,7 +160,7 @@ def load_checkpoint(path: Path, cfg: RunConfig, device: str | torch.device = "cp
     if missing:
         raise CheckpointError(f"checkpoint {path} is damaged or not a flowbook checkpoint (it lacks {missing}); "
                               f"{RESTART_HINT}")
-    params = state["model"].values() if isinstance(state["model"], dict) else ()
+    params = state["model"].values() if isinstance(state.get("model"), dict) else ()  # the 2-D fits: other keys
     if not all(bool(torch.isfinite(t).all()) for t in params if torch.is_tensor(t) and t.is_floating_point()):
         raise CheckpointError(f"checkpoint {path} holds NaN or infinite parameters (its run diverged before it "
                               f"was saved): {RESTART_HINT} (a lower --lr is a new configuration with its own "
