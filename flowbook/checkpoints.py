@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # flowbook.runner imports this module
 
 __all__ = ["CheckpointError", "RESTART_HINT", "checkpoint_path", "legacy_checkpoint_path", "find_checkpoint",
            "prepare_ckpt_dir", "remove_dead_temporaries", "open_checkpoint", "load_checkpoint", "save_atomic",
-           "first_line"]
+           "first_line", "training_fields", "LATER_FIELDS"]
 
 #: What a refused checkpoint's message tells the user to do.
 RESTART_HINT = "delete it, or run the same command with --restart (restart=True in train()) to start over"
@@ -109,8 +109,8 @@ def remove_dead_temporaries(ckpt_dir: Path) -> list[Path]:
     return removed
 
 
-#: Training fields added after rows were stored, with the value that means "as before" (a run from scratch):
-#: at that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
+#: Training fields added after rows were stored, with the value that means "as before" (a run from scratch).
+#: At that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
 LATER_FIELDS: dict[str, Any] = {"init_from": "", "init_sha256": "", "updates_before": 0, "warmup": 0,
                                 "ema_decay": 0.0, "fused": False}
 _ABSENT = object()

@@ -31,8 +31,8 @@ __all__ = ["OptionError", "MAX_K", "MAX_SEED", "MAX_HIDDEN", "run_main", "defaul
 #: almost surely a typo (and its per-layer loop would take hours per update on a CPU).
 MAX_K = 1000
 MAX_SEED = 2**32 - 1
-#: Widest maxout layer the command line accepts: 25 times the paper's 400 (§6.2). A typo beyond it (say
-#: 400000000) would otherwise ask torch for terabytes before anything else fails.
+#: The widest maxout layer the command line accepts, 25 times the paper's 400 (§6.2). A typo beyond it
+#: (say 400000000) would otherwise ask torch for terabytes before anything else fails.
 MAX_HIDDEN = 10_000
 
 C = TypeVar("C")
