@@ -27,6 +27,7 @@ exit status 1 (:func:`flowbook.options.run_main`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def _config(args: argparse.Namespace):
 def _check(args: argparse.Namespace) -> None:
     """Refuse out-of-range options before any data loads (:class:`flowbook.options.OptionError`)."""
     from .models import FLOW_TYPES, DLGMConfig
-    from .train import parse_rows
+    from .train import PRESETS, parse_rows
 
     train = args.command == "train"
     check_run_options(args, train=train, evaluate=not (train and args.no_eval))
@@ -86,7 +87,8 @@ def _check(args: argparse.Namespace) -> None:
         if args.flow is not None or args.K is not None:
             raise OptionError("--rows names every row; --flow and --K name a single one: give either --rows, "
                               "or --flow and --K")
-        names = [_config(args).result_name(flow, K) for flow, K in rows]
+        named = dataclasses.replace(PRESETS[args.mode], label=args.label or "")  # names depend on these only
+        names = [named.result_name(flow, K) for flow, K in rows]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise OptionError(f"--rows {args.rows}: rows {', '.join(twice)} appear twice (every K = 0 row is "
