@@ -507,3 +507,21 @@ def test_student_edition_downloads_have_no_solutions():
               for cell in json.loads(p.read_text(encoding="utf-8"))["cells"]
               if "solution" in cell.get("metadata", {}).get("tags", [])]
     assert not tagged, f"downloadable notebooks with solution cells: {sorted(set(tagged))}"
+
+
+def test_instructor_run_times_are_generated_from_the_stored_results():
+    """The guide's run-time table is what `.ci/time_chapters` makes of the stored results and the
+    measured fast-mode times, so a new or changed result file cannot leave it stale."""
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    # a script without the .py suffix: load it through an explicit loader
+    loader = SourceFileLoader("time_chapters", str(ROOT / ".ci" / "time_chapters"))
+    times_tool = importlib.util.module_from_spec(importlib.util.spec_from_loader("time_chapters", loader))
+    loader.exec_module(times_tool)
+    measured = json.loads((ROOT / ".ci" / "chapter_times.json").read_text(encoding="utf-8"))
+    expected = times_tool.table(measured)
+    assert (ROOT / "_instructor_times.md").read_text(encoding="utf-8") == expected, (
+        "_instructor_times.md is not the table of the stored results in data/results/: run "
+        "`.venv/bin/python .ci/time_chapters --no-run --write` (or time the chapters you changed: "
+        "`.venv/bin/python .ci/time_chapters chapters/NN_name.ipynb --write`)")
