@@ -2,18 +2,21 @@
 
     pytest .ci/browser_test.py          # after `jupyter-book build` with .ci/offline_config.py
 
-For each chapter page (and the intro, notation, instructor and API reference pages) it checks
+For each chapter page (and the intro, notation, instructor, references and API reference pages) it
+checks
 
 - the title, and that MathJax typeset the math without errors (``<mjx-container>`` elements, no
-  ``<mjx-merror>``), that every image loaded (``naturalWidth > 0``) and that stored widgets rendered;
+  ``<mjx-merror>``), that no raw TeX is left in the text (``$$``, ``\\frac``, ``\\mathbf``, ... outside
+  code), that every image loaded (``naturalWidth > 0``) and has alt text that describes it (not empty,
+  not a file name or path), and that stored widgets rendered;
 - that the browser console stays clean: every SEVERE entry (a JavaScript error, a failed request) fails;
 - the solutions: every markdown cell tagged ``solution`` in the chapter's notebook renders *inside* a
   dropdown admonition (its first and last sentences are found in one), no admonition is empty, no
   code block is empty and no code block sits directly after a dropdown (a nested code fence that closed
   the dropdown early leaves exactly these traces);
-- horizontal overflow: with every dropdown opened, no paragraph, list, table or formula outside code
-  cells reaches beyond the content column or scrolls inside it (display math that does not fit is cut
-  by the theme); code cells may scroll;
+- horizontal overflow: with every dropdown opened, no paragraph, list, table or formula reaches beyond
+  the content column or scrolls inside it (display math that does not fit is cut by the theme), and no
+  code block, code cell or printout is wider than its box (a line cut at the right edge);
 - that no rendered table shows a raw ``NaN``/``nan``.
 
 It saves screenshots in ``_build/screenshots/``. The page is served from ``python -m http.server
@@ -52,7 +55,7 @@ try:
 except ImportError:  # pragma: no cover - reported by the skip/fail below
     webdriver = None
 
-PAGES = (["intro.html", "notation.html", "instructor.html"]
+PAGES = (["intro.html", "notation.html", "instructor.html", "references.html"]
          + sorted(str(p.relative_to(HTML)) for p in (HTML / "chapters").glob("*.html"))
          + sorted(str(p.relative_to(HTML)) for p in (HTML / "api").glob("*.html"))
          if HTML.exists() else [])
@@ -127,6 +130,10 @@ def solution_phrases(source: str) -> tuple[str, str] | None:
     return (phrases[0], phrases[-1]) if phrases else None
 
 
+# An alt text that is a file name or a path ("_images/ab12.png", "chapters/x.svg").
+ALT_IS_PATH = re.compile(r"(^|/)[\w.-]+\.(png|jpe?g|svg|gif|webp)$|^[\w./-]*/[\w./-]*$", flags=re.IGNORECASE)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -191,7 +198,17 @@ const done = arguments[arguments.length - 1];
     math: document.querySelectorAll('.math').length,
     mjx: document.querySelectorAll('mjx-container').length,
     mjxErrors: Array.from(document.querySelectorAll('mjx-merror')).map(e => e.textContent).slice(0, 5),
-    images: imgs.map(i => ({src: i.getAttribute('src'), w: i.naturalWidth, visible: i.offsetParent !== null})),
+    images: imgs.map(i => ({src: i.getAttribute('src'), alt: i.getAttribute('alt'), w: i.naturalWidth,
+                            visible: i.offsetParent !== null})),
+    // TeX that MathJax did not typeset: the text outside math, code and scripts
+    rawTex: (() => {
+      const copy = article.cloneNode(true);
+      copy.querySelectorAll('mjx-container, .math, pre, code, script, style, .cell_output')
+          .forEach(e => e.remove());
+      const text = copy.textContent;
+      const found = text.match(/\\$\\$|\\\\(?:frac|mathbf|mathrm|boldsymbol|begin|end|sum|int|ln|left|right)\\b/g);
+      return found ? Array.from(new Set(found)).slice(0, 5) : [];
+    })(),
     widgetViews: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
     widgetsRendered: document.querySelectorAll('.widget-inline-hbox, .widget-box, .widget-output, .jupyter-widgets-output-area').length,
     widgetErrors: (document.body.innerText.match(/Error displaying widget/g) || []).length,
@@ -258,6 +275,16 @@ const done = arguments[arguments.length - 1];
       report(kind, el, `"${short(el.textContent)}"`, r, ` (scrolls: ${holder.scrollWidth} px in ${holder.clientWidth})`);
     }
   }
+  // Code blocks, code cells and printouts: a line wider than its box is cut at the right edge (or
+  // hidden behind a scrollbar), so none may be wider.
+  for (const el of article.querySelectorAll('pre')) {
+    const r = el.getBoundingClientRect();
+    if (!r.width || el.closest('.toggle-hidden')) continue;
+    if (el.scrollWidth > el.clientWidth + 2) {
+      const line = (el.textContent.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), ''));
+      report('code', el, `"${short(line)}"`, r, ` (${el.scrollWidth} px of text in ${el.clientWidth})`);
+    }
+  }
   for (const el of article.querySelectorAll('mjx-container')) {
     if (inCode(el)) continue;
     const math = el.querySelector('mjx-math');
@@ -321,6 +348,13 @@ def test_page_renders(page, server, browser):
     broken = [img["src"] for img in info["images"] if img["w"] == 0 and img["visible"]]
     if broken:
         problems.append(f"images that did not load: {broken}")
+    # alt text is what a screen reader reads: a path or file name says nothing about the figure
+    unnamed = [f"{img['src']} (alt={img['alt']!r})" for img in info["images"]
+               if "_images/" in (img["src"] or "") and (
+                   not (img["alt"] or "").strip() or ALT_IS_PATH.search(img["alt"].strip()))]
+    check("images whose alt text is missing or a path", unnamed)
+    if info["rawTex"]:
+        problems.append(f"raw TeX in the text (not typeset): {info['rawTex']}")
     if info["widgetViews"] and not info["widgetsRendered"]:
         problems.append(f"{info['widgetViews']} stored widget views but none rendered")
     if info["widgetErrors"]:
