@@ -18,10 +18,11 @@ fixes the book's reading of the setting, and reuses the MNIST code for everythin
   ln p_V(v) = ln p_Y(y) + D ln(1 − 2ε) (:func:`nats_per_patch`); :func:`bpd_from_nats` converts it to
   bits per dimension of the 8-bit image, 8 + (−ln p_V)/(D ln 2).
 
-Command line (full mode is the paper's protocol, meant for a GPU; it runs in resumable pieces)::
+Command line: the chapter's fast run (about a minute on two cores), and full mode, the paper's
+protocol, meant for a GPU and run in resumable pieces (repeat it until it prints "done")::
 
-    python -m flowbook.cifar train --mode full --max-minutes 9   # repeat until it prints "done"
-    python -m flowbook.cifar train --mode fast                   # the chapter's fast run, ~1 min on 2 cores
+    python -m flowbook.cifar train --mode fast
+    python -m flowbook.cifar train --mode full --max-minutes 9
 
 A finished run writes ``data/results/cifar10_<mode>_K<K>.json`` per flow length, with provenance.
 """
@@ -138,7 +139,7 @@ FULL = CifarConfig(mode="full", updates=500_000, optimizer="rmsprop", lr=1e-5, m
                    hidden=400, n_train=1_000_000, eval_points=10_000, eval_samples=5000)
 
 
-#: Stored mode — the rows trained on the project's 2-core CPU and committed with their weights. The MNIST
+#: Stored mode — the rows trained on a 2-core CPU and committed with their weights. The MNIST
 #: stored protocol (:data:`flowbook.train.STORED`: Adam, cosine decay 1e-3 → 1e-5, 10 000-update
 #: annealing, best-validation parameters kept) on one million patches of 45 000 training images, validated
 #: on 2 000 patches of the 5 000 held-out training images, evaluated with S = 1000 on 10 000 test patches.

@@ -5,8 +5,8 @@ metadata ``"tags": ["solution"]``, see CONTRIBUTING.md). This tool writes copies
 those cells removed, so an instructor can give students the exercises and keep the answers::
 
     python -m flowbook.instructor strip chapters/*.ipynb --out handout/
-    python -m flowbook.instructor strip chapters/03_flow_elbo.ipynb --out handout/ --clear-outputs
-    python -m flowbook.instructor count chapters/*.ipynb     # solution cells per notebook
+    python -m flowbook.instructor strip chapters/03_*.ipynb --out handout/ --clear-outputs
+    python -m flowbook.instructor count chapters/*.ipynb  # solution cells per notebook
 
 ``student-book`` copies the whole book into a folder as its *student edition* (solution cells
 stripped, the instructor guide replaced by a note, no Colab links to the full notebooks), ready for

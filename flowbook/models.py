@@ -10,14 +10,14 @@ ln q_K(z_K | x) = ln q0(z0 | x) − Σ_k ln|det ∂f_k/∂z_{k−1}| (eq. 7).
 Reading of "400 hidden units with maxout over windows of 4". The text allows two readings: 400
 maxout *outputs* (each the max of 4 pre-activations, so 1600 pre-activations per layer), or 400
 *pre-activations* (100 maxout outputs). This module uses **400 pre-activations → 100 outputs** by
-default (``maxout_units="pre_activations"``). Why: the project's speed anchors (``PERF.md``) measure
-the network alone, under the other reading, at ≈22 ms per update on the CI's 2 cores, which already
-exceeds the speed goal the issue sets for the whole K = 80 update (≤ 20 ms, with K = 0 at 7 ms);
-only the 400-pre-activation network fits those figures. The other reading is one option away
-(``maxout_units="outputs"``) so that it can be run where compute is cheap (a GPU).
+default (``maxout_units="pre_activations"``). Why: under the other reading the network alone takes
+≈22 ms per update on two CPU cores, more than a whole K = 80 update should cost for Table 2 to be trained
+on a CPU (about 20 ms, with K = 0 at 7 ms); only the 400-pre-activation network fits that budget. The
+other reading is one option away (``maxout_units="outputs"``) so that it can be run where compute is
+cheap (a GPU); chapter 5 compares the two in short paired runs.
 
 Depth: two maxout layers in the encoder (784 → h → h) and two in the decoder (40 → h → h → 784
-logits), the architecture of the project's speed anchors.
+logits).
 
 Amortized flow parameters (one linear head on the encoder's last hidden layer per flow type):
 

@@ -1,6 +1,6 @@
 """Trained weights of the stored runs (Tables 2 and 3), committed in ``data/weights/``.
 
-The stored rows are trained on the project's CPU (``python -m flowbook train --mode stored ...``) and
+The stored rows are trained on a 2-core CPU (``python -m flowbook train --mode stored ...``) and
 their parameters are written here as float16 state dicts (a K = 80 planar row is about 2.4 MB), so a
 reader in Colab sees trained models without training::
 

@@ -158,7 +158,7 @@ FAST = TrainConfig()
 #: Full mode — the paper's protocol (§6.2) and Table 2's evaluation (S = 5000 on the whole test set).
 FULL = TrainConfig(mode="full", updates=500_000, optimizer="rmsprop", lr=1e-5, momentum=0.9, beta_warmup=10_000,
                    eval_points=10_000, eval_samples=5000)
-#: Stored mode — the protocol of the rows trained on the project's 2-core CPU and committed with their
+#: Stored mode — the protocol of the rows trained on a 2-core CPU and committed with their
 #: weights (``data/results/mnist_stored_*``, ``data/weights/``). Adam (its bias correction allows a large
 #: rate from the first update, where RMSprop's start-up blows up, see FAST) with a cosine decay from 1e-3
 #: to 1e-5, the paper's 10 000-update annealing, and the best-validation parameters kept (checked every

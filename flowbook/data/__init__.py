@@ -1,9 +1,9 @@
 """Datasets for the paper's image experiments (Section 6.2): binarized MNIST (Table 2) and CIFAR-10 (Table 3).
 
-Everything is read from one *data root* (see :func:`data_root`). On the project's offline machines the
-root is built by ``get_datasets.sh`` (shared with the book), which writes ``mnist.npz`` and
-``cifar10.npz`` from verified copies of the original files. Online users need nothing: when a file is
-missing, torchvision downloads the dataset and the same ``.npz`` layout is cached in the root.
+Everything is read from one *data root* (see :func:`data_root`). When a file is missing, torchvision
+downloads the dataset and the same ``.npz`` layout is cached in the root; on a machine without web access
+the root can instead be built by ``get_datasets.sh``, which writes ``mnist.npz`` and ``cifar10.npz`` from
+verified copies of the original files.
 
 Every file is checked before use (sha256, then shapes and dtypes), and an unusable file raises an error
 that names it and says what to do. The package's modules, whose public names are all available here:

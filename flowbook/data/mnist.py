@@ -41,7 +41,7 @@ MNIST_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (1000
 LAROCHELLE_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 #: sha256 of the three ``.amat`` files, by split (``"train"``, ``"valid"``, ``"test"``), as published
 #: in TensorFlow Datasets' URL checksum list (``tensorflow_datasets/url_checksums/binarized_mnist.txt``);
-#: not re-verified here (offline).
+#: a downloaded file is checked against them.
 LAROCHELLE_SHA256 = {
     "train": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
     "valid": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
