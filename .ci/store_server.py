@@ -15,14 +15,16 @@ import sys
 from functools import partial
 from pathlib import Path
 
-_COMMIT = re.compile(r"^/[0-9a-f]{40}(/data/(results|weights)/[^/]+)$")
+_COMMIT = re.compile(r"^/[0-9a-f]{40}(/data/(results|weights)/(?:[\w.-]+/)*[\w.-]+)$")
 
 
 class StoreHandler(http.server.SimpleHTTPRequestHandler):
-    """Maps ``/{commit}/data/{results,weights}/NAME`` to the file under the served root; 404 otherwise."""
+    """Maps ``/{commit}/data/{results,weights}/PATH`` (PATH may hold folders, e.g. ``points/NAME``, but no
+    ``..``) to the file under the served root; 404 otherwise."""
 
     def translate_path(self, path: str) -> str:
-        match = _COMMIT.match(path.split("?", 1)[0])
+        path = path.split("?", 1)[0]
+        match = _COMMIT.match(path) if ".." not in path.split("/") else None
         # an unmatched request maps to a name that cannot exist, so the answer is 404, never a listing
         return super().translate_path(match.group(1) if match else "/.no-such-stored-file")
 

@@ -162,3 +162,15 @@ def test_a_stray_result_never_enters_load_results(git_clone):
     shutil.copy(folder / BENCH.rsplit("/", 1)[1], folder / "bench_dlgm_copy.json")
     assert [r["name"] for r in results.load_results("bench")] == ["bench_dlgm"]
     assert [r["name"] for r in results.load_results("bench", folder)] == ["bench_dlgm", "bench_dlgm", "bench_dlgm_old"]
+
+
+def test_the_stand_in_server_serves_every_folder_the_manifest_lists(outside_clone, store_server):
+    """The Colab check downloads through .ci/store_server.py: one file from each folder of the manifest
+    (per-digit values sit one folder deeper than the results) comes back as the stored bytes."""
+    outside_clone(store_server(store.REPO_ROOT))
+    first = {}
+    for rel in sorted(store.manifest()):
+        first.setdefault(rel.rsplit("/", 1)[0], rel)
+    assert "data/results/points" in first
+    for rel in first.values():
+        assert store.path(rel).read_bytes() == (store.REPO_ROOT / rel).read_bytes(), rel
