@@ -48,7 +48,7 @@ __all__ = [
     "planar_constrain", "planar", "planar_inverse", "PLANAR_IMPLS", "planar_chain", "planar_impl",
     "radial_constrain", "radial", "radial_inverse",
     "random_mixing", "coupling_shift", "additive_coupling", "additive_coupling_inverse",
-    "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "spec_for",
+    "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "register", "variants", "spec_for",
     "Flow", "Planar", "Radial", "AdditiveCoupling", "Compose", "DiagonalGaussian",
 ]
 
@@ -409,6 +409,12 @@ class FlowSpec:
     amortized: ClassVar[tuple[str, ...]]
     buffers: ClassVar[tuple[str, ...]] = ()
     min_dim: ClassVar[int] = 1
+    #: the methods this type offers to the 2-D experiments, each with the options it passes to the spec
+    #: (e.g. NICE with an orthogonal or a permutation mixing); empty: one method, the type's ``name``
+    variants: ClassVar[Mapping[str, Mapping[str, object]]] = {}
+    #: whether fits of different K may share one spec of the largest K, the short ones padded with
+    #: identity layers (:meth:`mask_layers`); False where a padded layer would cost real arithmetic
+    pads_layers: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.dim < self.min_dim or self.K < 0:
@@ -438,6 +444,17 @@ class FlowSpec:
         """Trainable parameters, shape ``batch + shapes()[name]``, at which the flow is the identity map
         (random where the identity leaves a direction free, so that gradients are not all zero)."""
         raise NotImplementedError
+
+    def free_start(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                   ) -> dict[str, Tensor]:
+        """The start of a fit whose parameters no encoder emits (the 2-D fits of §6.1): by default the
+        identity (:meth:`identity`)."""
+        return self.identity(batch, generator)
+
+    def matrix_buffers(self, buffers: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``buffers`` (from :meth:`draw_buffers`) as floating tensors that :meth:`mask_layers` can mask;
+        by default unchanged."""
+        return dict(buffers)
 
     def flatten_amortized(self, params: Mapping[str, Tensor]) -> Tensor:
         """The inverse of :meth:`split` for shared parameters: the ``amortized`` ones as one flat vector,
@@ -502,6 +519,15 @@ class PlanarSpec(FlowSpec):
         u = math.log(math.e - 1.0) * w / w.square().sum(-1, keepdim=True)
         return {"u": u, "w": w, "b": torch.zeros(*batch, self.K)}
 
+    def free_start(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                   ) -> dict[str, Tensor]:
+        """u, w uniform in ±1/√D (not the identity), at the scale of a linear layer, and b = 0."""
+        bound = 1.0 / math.sqrt(self.dim)
+        shape = (*batch, self.K, self.dim)
+        return {"u": (torch.rand(shape, generator=generator) * 2 - 1) * bound,
+                "w": (torch.rand(shape, generator=generator) * 2 - 1) * bound,
+                "b": torch.zeros(*batch, self.K)}
+
     def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
         # u = w = b = 0 is an exact identity layer (û = u when w = 0)
         return {n: params[n] * _layer_mask(keep, params[n], len(s) - 1) for n, s in self.shapes().items()}
@@ -559,6 +585,11 @@ class NiceSpec(FlowSpec):
     amortized: ClassVar[tuple[str, ...]] = ("b1", "b2")
     buffers: ClassVar[tuple[str, ...]] = ("mixing",)
     min_dim: ClassVar[int] = 2
+    # Figure 3d compares NICE with orthogonal and with permutation mixings
+    variants: ClassVar[Mapping[str, Mapping[str, object]]] = {"nice-orth": {"mixing": "orth"},
+                                                              "nice-perm": {"mixing": "perm"}}
+    # a padded layer of H hidden units costs real arithmetic, unlike a padded planar layer
+    pads_layers: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -578,6 +609,13 @@ class NiceSpec(FlowSpec):
     def draw_buffers(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
                      ) -> dict[str, Tensor]:
         return {"mixing": self.draw_mixing(generator, dtype)}
+
+    def matrix_buffers(self, buffers: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A permutation mixing (K, D) of indices as the (K, D, D) matrices P with P z = z[perm]."""
+        mixing = buffers["mixing"]
+        if mixing.is_floating_point():
+            return dict(buffers)
+        return {**buffers, "mixing": torch.eye(self.dim)[mixing]}
 
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
@@ -605,8 +643,30 @@ class NiceSpec(FlowSpec):
         return additive_coupling_inverse(y, *self.args(params))
 
 
-#: every flow type's spec class, by name
+#: every flow type's spec class, by name: the one list of flow types. The command line's ``--flow``
+#: choices, the DLGM's rows and the 2-D experiments' methods (:func:`variants`) are read from it when
+#: they are used, so a type added by :func:`register` is offered everywhere.
 SPECS: dict[str, type[FlowSpec]] = {"planar": PlanarSpec, "radial": RadialSpec, "nice": NiceSpec}
+
+
+def register(cls: type[FlowSpec]) -> type[FlowSpec]:
+    """Add a flow type to :data:`SPECS` under ``cls.name`` (usable as a class decorator); a new flow
+    type is one spec class and this call."""
+    if not (isinstance(cls, type) and issubclass(cls, FlowSpec)) or not getattr(cls, "name", ""):
+        raise TypeError(f"register: expected a FlowSpec subclass with a name, got {cls!r}")
+    if SPECS.get(cls.name, cls) is not cls:
+        raise ValueError(f"register: flow type {cls.name!r} is already {SPECS[cls.name].__name__}; pick another name")
+    SPECS[cls.name] = cls
+    return cls
+
+
+def variants() -> dict[str, tuple[str, dict[str, object]]]:
+    """Every method of the registered flow types (:attr:`FlowSpec.variants`): name → (flow type, options)."""
+    out: dict[str, tuple[str, dict[str, object]]] = {}
+    for name, cls in SPECS.items():
+        for method, options in (cls.variants or {name: {}}).items():
+            out[method] = (name, dict(options))
+    return out
 
 
 def spec_for(flow: str, dim: int, K: int, **options) -> FlowSpec:

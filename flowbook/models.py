@@ -53,16 +53,15 @@ from . import flows
 from .gaussian import LOG_2PI, normal_log_prob_of_noise
 from .objectives import free_energy
 
-__all__ = ["DLGMConfig", "FreeEnergyModel", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS",
+__all__ = ["DLGMConfig", "FreeEnergyModel", "DLGM", "MultiDLGM", "LIKELIHOODS",
            "bernoulli_log_likelihood", "logit_normal_log_likelihood", "standard_normal_log_prob"]
 
-FLOW_TYPES = tuple(flows.SPECS)  # ("planar", "radial", "nice")
 LIKELIHOODS = ("bernoulli", "logit_normal")
 
 
 @dataclass(frozen=True)
 class DLGMConfig:
-    """Architecture of one DLGM row. ``flow`` in :data:`FLOW_TYPES`, ``K`` layers (0: no flow).
+    """Architecture of one DLGM row. ``flow`` a key of :data:`flowbook.flows.SPECS`, ``K`` layers (0: no flow).
 
     ``hidden`` and ``window`` describe the maxout layers; ``maxout_units`` says what ``hidden`` counts
     (see the module docstring): ``"pre_activations"`` (hidden/window outputs) or ``"outputs"``.
@@ -82,8 +81,8 @@ class DLGMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.flow not in FLOW_TYPES:
-            raise ValueError(f"DLGMConfig: flow must be one of {FLOW_TYPES}, got {self.flow!r}")
+        if self.flow not in flows.SPECS:
+            raise ValueError(f"DLGMConfig: flow must be one of {tuple(flows.SPECS)}, got {self.flow!r}")
         if self.K < 0:
             raise ValueError(f"DLGMConfig: K must be ≥ 0, got {self.K}")
         if self.likelihood not in LIKELIHOODS:
