@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 #: Commands with their own module, handed the rest of the command line: name → (module, help).
-DELEGATED = {"evaluate-weights": ("evaluation", "evaluate the committed weights of a stored Table 2 row again "
+DELEGATED = {"evaluate-weights": ("evalcli", "evaluate the committed weights of a stored Table 2 row again "
                                                 "(e.g. S = 5000) and add it to its result"),
              "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10"),
              "store": ("store", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}

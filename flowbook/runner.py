@@ -2,11 +2,11 @@
 resumption, exit statuses), and the results (provenance, no silent overwrite; for the DLGMs also float16
 weights and the test-set evaluation).
 
-An experiment is a configuration of it (:class:`RunConfig`): a :class:`flowbook.train.TrainConfig`
+An experiment is a configuration of it (:class:`~flowbook.runid.RunConfig`): a :class:`flowbook.train.TrainConfig`
 (binarized MNIST, Table 2), its subclass :class:`flowbook.cifar.CifarConfig` (CIFAR-10 patches, Table 3)
 or a :class:`flowbook.experiments2d.FitConfig` (the 2-D energies, Figure 3) says how its files are named
-(:meth:`~flowbook.train.TrainConfig.result_name`, :meth:`~RunConfig.checkpoint_stem`) and which of a
-stored result's fields trained it (:meth:`~RunConfig.trained_config`). A DLGM configuration also gives
+(:meth:`~flowbook.train.TrainConfig.result_name`, :meth:`~flowbook.runid.RunConfig.checkpoint_stem`) and which of a
+stored result's fields trained it (:meth:`~flowbook.runid.RunConfig.trained_config`). A DLGM configuration also gives
 the data it trains and is tested on and how a row is evaluated
 (:meth:`~flowbook.train.TrainConfig.row_metrics`, the paper's §6.2 protocol); its training is Algorithm 1
 in :func:`flowbook.train.train`, the 2-D fits' is :func:`flowbook.experiments2d.train`. Checkpoints are
@@ -21,7 +21,6 @@ command again to resume). Nothing stored is replaced without ``--overwrite`` (:f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -30,37 +29,21 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint, training_fields
+from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
 from .evaluation import points_file_name, save_point_values
 from .results import add_evaluation, describe_device, name_lock, save_result
+from .runid import RunConfig, config_digest
 
 if TYPE_CHECKING:  # flowbook.train imports this module
     from .train import Run, TrainConfig
 
-__all__ = ["RunConfig", "pick_device", "config_digest", "refuse_overwrite", "stored_rows", "write_result",
+__all__ = ["pick_device", "refuse_overwrite", "stored_rows", "write_result",
            "command_line", "train_command", "needs_evaluation", "load_finished_run", "finish"]
-
-
-class RunConfig(Protocol):
-    """What the runner needs of an experiment's configuration (a frozen dataclass whose fields are
-    everything its result depends on)."""
-
-    def digest(self) -> str:
-        """:func:`config_digest` of the fields: a checkpoint or stored result belongs to this run only if
-        its digest is this."""
-
-    def checkpoint_stem(self) -> str:
-        """The checkpoint's name before its digest, e.g. ``mnist_stored_planar80``."""
-
-    @staticmethod
-    def trained_config(result_config: dict) -> dict:
-        """The fields of this configuration in a stored result's ``config`` (KeyError or TypeError when
-        they are not there), to compare with :meth:`digest`."""
 
 
 def pick_device(name: str | None = "auto") -> torch.device:
@@ -69,12 +52,6 @@ def pick_device(name: str | None = "auto") -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def config_digest(config: dict) -> str:
-    """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
-    the first 12 hex digits of the sha256 of the JSON of its :func:`~flowbook.checkpoints.training_fields`."""
-    return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: str = "--label") -> None:
@@ -93,7 +70,7 @@ def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: s
 
 
 def _this_configurations(path: Path, cfg: RunConfig) -> dict | None:
-    """The stored result at ``path`` when :meth:`~RunConfig.trained_config` of it is ``cfg`` (a finished
+    """The stored result at ``path`` when :meth:`~flowbook.runid.RunConfig.trained_config` of it is ``cfg`` (a finished
     run of this configuration: only finished runs write results), else None (absent, unreadable, other)."""
     try:
         record = json.loads(path.read_text())
@@ -142,7 +119,7 @@ def write_result(name: str, cfg: RunConfig, *, out_dir: str | Path, config: dict
     commit, device, date, wall time, ``config``), unless it holds a result of another configuration
     (:func:`refuse_overwrite`, FileExistsError, suggesting ``name_option``); returns its path. The check
     and the write happen under the name's :func:`~flowbook.results.name_lock`. ``config`` must hold
-    ``cfg``'s fields where :meth:`~RunConfig.trained_config` looks for them, so that the next run
+    ``cfg``'s fields where :meth:`~flowbook.runid.RunConfig.trained_config` looks for them, so that the next run
     recognizes the file."""
     with name_lock(out_dir, name):
         refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite, name_option)

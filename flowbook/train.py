@@ -41,7 +41,7 @@ from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpo
 from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
-from .runner import config_digest
+from .runid import config_digest
 
 __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
            "train", "evaluate", "Run", "validation_free_energy", "Averager", "continuation", "stage_chain", "start_from_weights", "file_sha256"]
@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "bu
 class TrainConfig:
     """Everything that determines a run's result (it is stored in every checkpoint and result).
 
-    It is also binarized MNIST's configuration of the runner (:class:`flowbook.runner.RunConfig`): its
+    It is also binarized MNIST's configuration of the runner (:class:`flowbook.runid.RunConfig`): its
     methods name the files and give the data and the evaluation of Table 2;
     :class:`flowbook.cifar.CifarConfig` overrides them for Table 3. Methods are not fields, so they never
     change :meth:`digest`."""

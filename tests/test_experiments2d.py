@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowbook import energies, flows, runner
+from flowbook import energies, flows, runid, runner
 from flowbook import experiments2d as E
 from flowbook.checkpoints import checkpoint_path, load_checkpoint
 from flowbook.objectives import free_energy
@@ -284,7 +284,7 @@ def test_a_stored_result_is_its_commands_configuration(path, tmp_path):
     argv = shlex.split(record["command"])[2:]  # after "python .../experiments2d.py"
     args = parse_checked(cli._parser(), [*argv, "--out", str(tmp_path), "--ckpt-dir", str(tmp_path)], cli._check)
     cfg = cli._config(args)
-    assert runner.config_digest(E.FitConfig.trained_config(record["config"])) == cfg.digest()
+    assert runid.config_digest(E.FitConfig.trained_config(record["config"])) == cfg.digest()
     assert args.name == path.stem
     runner.refuse_overwrite(path, cfg, overwrite=False)
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowbook import cifar, pretrained, runner
-from flowbook.checkpoints import (KEYS, LATER_FIELDS, CheckpointError, checkpoint_path, find_checkpoint, legacy_checkpoint_path,
+from flowbook import cifar, pretrained, runid, runner
+from flowbook.checkpoints import (KEYS, CheckpointError, checkpoint_path, find_checkpoint, legacy_checkpoint_path,
                                   load_checkpoint)
 from flowbook.options import OptionError, check_device, check_float, check_int
+from flowbook.runid import LATER_FIELDS
 from flowbook.train import FAST, FULL, STORED, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def test_a_stored_table2_result_is_its_presets_configuration(path: Path) -> None
     if not train["label"]:
         assert varied == {k: getattr(STORED, k) for k in varied}
     cfg = dataclasses.replace(STORED, rows=_rows(record), label=train["label"], **varied)
-    assert runner.config_digest(train) == cfg.digest()
+    assert runid.config_digest(train) == cfg.digest()
     assert cfg.result_name(*cfg.rows[0]) == path.stem
     runner.refuse_overwrite(path, cfg, overwrite=False)  # the same configuration: no --overwrite needed
 
@@ -57,7 +58,7 @@ def test_a_stored_table3_result_is_its_presets_configuration(path: Path) -> None
     record = json.loads(path.read_text())
     # every field is the preset's, the number of updates included
     cfg = dataclasses.replace(cifar.STORED, rows=_rows(record))
-    assert runner.config_digest(record["config"]["train"]) == cfg.digest()
+    assert runid.config_digest(record["config"]["train"]) == cfg.digest()
     assert cfg.result_name(*cfg.rows[0]) == path.stem
     runner.refuse_overwrite(path, cfg, overwrite=False)
 

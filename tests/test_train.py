@@ -310,7 +310,7 @@ def test_the_rate_warms_up_linearly_then_decays_to_its_final_value() -> None:
 
 def test_later_fields_at_their_neutral_value_leave_a_stored_rows_identity_alone() -> None:
     from flowbook.results import load_result
-    from flowbook.runner import config_digest
+    from flowbook.runid import config_digest
 
     stored = load_result(ROOT / "data/results/mnist_stored_updates120k_planar_K80.json")["config"]["train"]
     cfg = dataclasses.replace(train_module.STORED, rows=(("planar", 80),), updates=120_000, label="updates120k")

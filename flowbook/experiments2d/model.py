@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from flowbook import energies, flows
 from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
-from flowbook.runner import config_digest
+from flowbook.runid import config_digest
 
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup",
            "build_groups", "fit_state", "fit_from_state"]
@@ -28,7 +28,7 @@ FAMILY = {m: flow for m, (flow, _) in flows.variants().items()}
 class FitConfig:
     """Everything that defines one batched experiment (stored with the results as provenance).
 
-    It is the 2-D experiment's configuration of the runner (:class:`flowbook.runner.RunConfig`): its
+    It is the 2-D experiment's configuration of the runner (:class:`flowbook.runid.RunConfig`): its
     methods name the checkpoints and recognize a stored result of the same configuration. Methods are not
     fields, so they never change :meth:`digest`."""
 
@@ -58,7 +58,7 @@ class FitConfig:
                              f"updates={self.updates}, samples={self.samples}")
 
     def digest(self) -> str:
-        """:func:`flowbook.runner.config_digest` of the fields (``eval_samples`` left out, as for the DLGMs)."""
+        """:func:`flowbook.runid.config_digest` of the fields (``eval_samples`` left out, as for the DLGMs)."""
         return config_digest(asdict(self))
 
     @staticmethod
@@ -106,7 +106,8 @@ class FitGroup(nn.Module):
     (orthogonal or permutation matrices). :meth:`flow` repeats each fit's parameters over its samples
     and runs the spec's forward map once for the whole group, in the per-example (amortized) form.
 
-    Planar and radial fits (types whose :attr:`~flowbook.flows.FlowSpec.pads_layers`) of different K share one group: layers k ≥ K_f of fit f are made exact
+    Planar and radial fits (types that pad, :attr:`~flowbook.flows.FlowSpec.pads_layers`) of different K
+    share one group: layers k ≥ K_f of fit f are made exact
     identities (:meth:`flowbook.flows.FlowSpec.mask_layers`). This pads the short fits, which costs
     arithmetic but not operations, and on a CPU these fits are bound by the number of operations
     (about 10 µs each), not by arithmetic: one group of 32 layers is cheaper than six groups of
