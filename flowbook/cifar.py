@@ -46,6 +46,7 @@ from . import runner
 from .models import DLGM, DLGMConfig
 from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
                       parse_checked, run_main, weights_dir_for)
+from .runid import run_name
 from .train import Run, TrainConfig, evaluate
 
 __all__ = ["PATCH_SIZE", "PATCH_DIM", "EPS", "LATENT", "KS", "PAPER_TABLE3", "CifarConfig", "FAST", "FULL",
@@ -88,12 +89,13 @@ class CifarConfig(TrainConfig):
                 for f, k in self.rows]
 
     def result_name(self, flow: str, K: int) -> str:
-        """``cifar10_<mode>[_<label>]_K<K>``: the result (and weights) name of one row (all rows are planar)."""
-        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
-        return f"cifar10_{self.mode}{label}_K{K}"
+        """The result (and weights) name of one row (:func:`flowbook.runid.run_name`), e.g.
+        ``cifar10_stored_planar_K10`` or ``cifar10_fast_seed0_diagonal`` (K = 0)."""
+        return run_name("cifar10", flow, K, self.mode, self.label)
 
     def checkpoint_stem(self) -> str:
-        """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``:
+        """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``
+        (the result names, :meth:`result_name`, name the flow; the checkpoints keep this older form):
         the checkpoint's name before its digest (all rows are planar)."""
         label = f"_{self.label.replace(' ', '-')}" if self.label else ""
         return f"cifar10_{self.mode}{label}_K{'-'.join(str(K) for _, K in self.rows)}"

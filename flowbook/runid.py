@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Protocol
 
-__all__ = ["RunConfig", "LATER_FIELDS", "training_fields", "config_digest"]
+__all__ = ["RunConfig", "LATER_FIELDS", "training_fields", "config_digest", "row_name", "run_prefix", "run_name"]
 
 
 class RunConfig(Protocol):
@@ -48,3 +48,22 @@ def config_digest(config: dict) -> str:
     """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
     the first 12 hex digits of the sha256 of the JSON of its :func:`training_fields`."""
     return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def row_name(flow: str, K: int) -> str:
+    """A DLGM row's part of a name: ``diagonal`` for K = 0 (no flow, whatever its type), else ``<flow>_K<K>``."""
+    return "diagonal" if K == 0 else f"{flow}_K{K}"
+
+
+def run_prefix(dataset: str, protocol: str = "stored", label: str | None = None) -> str:
+    """``<dataset>_<protocol>[_<label>]_``: what the names of one protocol's (or variant's) rows begin with."""
+    variant = f"{protocol}_{label.replace(' ', '-')}" if label else protocol
+    return f"{dataset}_{variant}_"
+
+
+def run_name(dataset: str, flow: str, K: int, protocol: str = "stored", label: str | None = None) -> str:
+    """The one name of a DLGM row's result and weights: ``<dataset>_<protocol>[_<label>]_<row>``, e.g.
+    ``mnist_stored_planar_K80``, ``mnist_stored_diagonal`` (K = 0, :func:`row_name`),
+    ``cifar10_stored_planar_K10`` or, for a variant, ``mnist_stored_updates120k_planar_K80`` (the label
+    follows the protocol; its spaces become hyphens)."""
+    return run_prefix(dataset, protocol, label) + row_name(flow, K)

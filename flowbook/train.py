@@ -41,7 +41,7 @@ from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpo
 from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
-from .runid import config_digest
+from .runid import config_digest, run_name
 
 __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
            "train", "evaluate", "Run", "validation_free_energy", "Averager", "continuation", "stage_chain", "start_from_weights", "file_sha256"]
@@ -123,9 +123,7 @@ class TrainConfig:
     def result_name(self, flow: str, K: int) -> str:
         """The result (and weights) name of one row, e.g. ``mnist_full_planar_K80`` (K = 0:
         ``mnist_full_diagonal``)."""
-        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
-        what = "diagonal" if K == 0 else f"{flow}_K{K}"
-        return f"mnist_{self.mode}{label}_{what}"
+        return run_name("mnist", flow, K, self.mode, self.label)
 
     def training_data(self) -> Tensor:
         """Binarized MNIST's 50 000 training digits."""
@@ -267,10 +265,9 @@ def continuation(flow: str, K: int, label: str) -> dict[str, Any]:
     protocol variant ``label`` (e.g. ``"updates120k"``) from its committed weights: the file and its
     sha256, the updates the row has had so far, and β = 1 from the first update (the row was annealed in
     its first stage). Raises ValueError naming the file when the row is not stored or not finished."""
-    from .pretrained import weights_name
     from .results import REPO_ROOT, load_result
 
-    name = weights_name("mnist", flow, K, "stored", label)
+    name = run_name("mnist", flow, K, "stored", label)
     weights, result = f"data/weights/{name}.pt", REPO_ROOT / "data" / "results" / f"{name}.json"
     if not (REPO_ROOT / weights).is_file() or not result.is_file():
         raise ValueError(f"--continue-from {label}: no stored row {name} (its weights {weights} and result "

@@ -121,7 +121,7 @@ def test_command_line_adds_the_evaluation_to_the_stored_result(stored_row, capsy
     (["mnist_stored_planar_K2", "--samples", "0"], "--samples must be ≥ 1"),
     (["mnist_stored_planar_K2", "--points", "10001"], "--points must be in 1..10000"),
     (["mnist_stored_planar_K2", "--max-minutes", "0"], "--max-minutes must be a finite number > 0"),
-    (["cifar10_stored_K10"], "stored MNIST row"),
+    (["cifar10_stored_planar_K10"], "stored MNIST row"),
     (["mnist_stored_planar_K7"], "no file"),
 ])
 def test_command_line_refuses_bad_input_in_one_line(stored_row, capsys, argv, message):

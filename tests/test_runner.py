@@ -134,8 +134,9 @@ def test_a_cifar_run_resumes_from_its_legacy_named_checkpoint(tmp_path: Path) ->
 def test_result_names_are_pinned() -> None:
     assert STORED.result_name("planar", 0) == "mnist_stored_diagonal"
     assert dataclasses.replace(FULL, label="dry run").result_name("nice", 20) == "mnist_full_dry-run_nice_K20"
-    assert cifar.STORED.result_name("planar", 10) == "cifar10_stored_K10"
-    assert dataclasses.replace(cifar.FAST, label="seed0").result_name("planar", 2) == "cifar10_fast_seed0_K2"
+    assert cifar.STORED.result_name("planar", 10) == "cifar10_stored_planar_K10"
+    assert cifar.STORED.result_name("planar", 0) == "cifar10_stored_diagonal"
+    assert dataclasses.replace(cifar.FAST, label="seed0").result_name("planar", 2) == "cifar10_fast_seed0_planar_K2"
 
 
 def _data(n: int = 200) -> torch.Tensor:
