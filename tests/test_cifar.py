@@ -143,7 +143,7 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     except data.DataFileError as err:
         pytest.skip(f"no CIFAR-10 in the data root: {err}")
     assert cifar.main(args) == 0
-    record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_K2.json").read_text())
+    record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_planar_K2.json").read_text())
     assert record["config"]["train"]["optimizer"] == "rmsprop" and record["config"]["updates_done"] == 4
     assert record["config"]["train"]["seed"] == 3 and record["config"]["model"]["seed"] == 3
     assert record["command"].startswith("python -m flowbook.cifar train --mode full")
