@@ -472,7 +472,8 @@ class FlowSpec:
         raise NotImplementedError
 
     def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(z_K, Σ_k ln|det ∂f_k/∂z_{k−1}|) for z (batch, D) and ``params`` by name."""
+        """(z_K, Σ_k ln|det ∂f_k/∂z_{k−1}|) for z (batch, D) and ``params`` by name; the layers are those
+        ``params`` hold (K or fewer: a 2-D fit of a shorter flow passes its own)."""
         raise NotImplementedError
 
     def inverse(self, y: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
