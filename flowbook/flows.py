@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowbook.flowmath import check_param, check_planar, check_z, identity, num_layers, planar_log_det, planar_scale
-from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
+from flowbook.gaussian import diagonal_normal_log_prob, reparameterize
 from flowbook.kernels import fused, native
 
 __all__ = [
@@ -817,5 +817,4 @@ class DiagonalGaussian(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterized samples z = μ + σ·ε (stochastic backpropagation) and their ln q_0(z)."""
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        z = self.mean + torch.exp(self.log_std) * eps
-        return z, normal_log_prob_of_noise(eps, self.log_std)
+        return reparameterize(self.mean, self.log_std, eps)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flowbook import energies, flows
-from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
+from flowbook.gaussian import diagonal_normal_log_prob, repeat_per_sample, reparameterize
 from flowbook.runid import config_digest
 
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup",
@@ -170,24 +170,20 @@ class FitGroup(nn.Module):
         K = self.labels[f][2]
         return {n: p[f, :K] for n, p in self.params().items()}
 
-    def _per_example(self, p: Tensor, n: int) -> Tensor:
-        """(F, K, …) per-fit parameters → (F·n, K, …): the amortized form, one copy per sample."""
-        return p.unsqueeze(1).expand(p.shape[0], n, *p.shape[1:]).reshape(p.shape[0] * n, *p.shape[1:])
-
     # -- the flow of every fit at once ------------------------------------------------------------
     def flow(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Apply every fit's layers to its own samples: z (F, n, 2) → (z_K (F, n, 2), log_det (F, n))."""
         F_, n, _ = z.shape
         params = self.spec.mask_layers(self.params(), self.layer_mask)
-        per_example = {k: self._per_example(p, n) for k, p in params.items()}
+        # (F, K, …) per-fit parameters → (F·n, K, …), one copy per sample: the amortized form
+        per_example = {k: repeat_per_sample(p, n, samples_first=False) for k, p in params.items()}
         out, log_det = self.spec.forward(z.reshape(F_ * n, 2), per_example)
         return out.reshape(F_, n, 2), log_det.reshape(F_, n)
 
     def base_sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterized z0 = μ + σ·ε of shape (F, n, 2) and ln q0(z0) of shape (F, n)."""
         eps = torch.randn(self.n_fits, n, 2, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        z = self.mean[:, None] + torch.exp(self.log_std)[:, None] * eps
-        return z, normal_log_prob_of_noise(eps, self.log_std[:, None])
+        return reparameterize(self.mean[:, None], self.log_std[:, None], eps)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """z_K ~ q_K, shape (F, n, 2), and ln q_K(z_K) = ln q0(z0) − log_det (eq. 7), shape (F, n)."""
@@ -199,9 +195,9 @@ class FitGroup(nn.Module):
     def sample_fit(self, f: int, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n samples of fit f alone: z_K (n, 2) and ln q_K(z_K) (n,)."""
         eps = torch.randn(n, 2, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        z0 = self.mean[f] + torch.exp(self.log_std[f]) * eps
+        z0, log_q0 = reparameterize(self.mean[f], self.log_std[f], eps)
         zK, log_det = self.spec.forward(z0, self.fit_params(f))
-        return zK, normal_log_prob_of_noise(eps, self.log_std[f]) - log_det
+        return zK, log_q0 - log_det
 
     def log_prob_fit(self, f: int, y: Tensor) -> Tensor:
         """ln q_K(y) of fit f at points y (n, 2), through the inverse flow: ln q0(f⁻¹(y)) + ln|det ∂f⁻¹/∂y|."""
