@@ -129,7 +129,8 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
                 for i, (g, (zK, log_q)) in enumerate(zip(groups, samples)):
                     zK, log_q = zK.detach(), log_q.detach()
                     U = torch.stack([potentials[tg](zK[f]) for f, (tg, _, _) in enumerate(g.labels)])
-                    history["F"][i].append((log_q + U).mean(-1).tolist())
+                    # F of each fit (eq. 15 at β = 1; log_q is already ln q_K, so no log-det is left)
+                    history["F"][i].append(free_energy(log_q, torch.zeros_like(log_q), -U, dim=-1).tolist())
                     history["mean"][i].append(zK.mean(1).tolist())
                     history["std"][i].append(zK.std(1).tolist())
         if after_update is not None:
@@ -196,7 +197,7 @@ def evaluate(groups: Sequence[FitGroup], config: FitConfig, log_Z: dict[str, flo
             se = math.sqrt(max(s2 / N - mean * mean, 0.0) / (N - 1))
             row = {"target": t, "method": m, "K": K, "F": mean, "se": se}
             if t in log_Z:
-                row["KL"] = mean + log_Z[t]
+                row["KL"] = energies.kl_from_free_energy(mean, log_Z[t])
             rows.append(row)
     return rows
 
