@@ -644,7 +644,7 @@ class NiceSpec(FlowSpec):
         return additive_coupling_inverse(y, *self.args(params))
 
 
-#: every flow type's spec class, by name: the one list of flow types. The command line's ``--flow``
+#: Every flow type's spec class by name, the one list of flow types. The command line's ``--flow``
 #: choices, the DLGM's rows and the 2-D experiments' methods (:func:`variants`) are read from it when
 #: they are used, so a type added by :func:`register` is offered everywhere.
 SPECS: dict[str, type[FlowSpec]] = {"planar": PlanarSpec, "radial": RadialSpec, "nice": NiceSpec}
