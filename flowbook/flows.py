@@ -480,6 +480,11 @@ class FlowSpec:
         """(z_0, ln|det ∂z_0/∂y|) = the inverse map and minus the forward log-det."""
         raise NotImplementedError
 
+    def implementation(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = "float32") -> str:
+        """What runs this flow's forward map on ``device`` in ``dtype``, as a result records it: by default
+        the spec's own :meth:`forward`."""
+        return f"{type(self).__module__}.{type(self).__qualname__}.forward"
+
     def args(self, params: Mapping[str, Tensor]) -> list[Tensor]:
         """``params`` in the order the transform functions take them."""
         missing = [n for n in self.names if n not in params]
@@ -532,6 +537,10 @@ class PlanarSpec(FlowSpec):
     def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
         # u = w = b = 0 is an exact identity layer (û = u when w = 0)
         return {n: params[n] * _layer_mask(keep, params[n], len(s) - 1) for n, s in self.shapes().items()}
+
+    def implementation(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = "float32") -> str:
+        """The planar chain that runs (:func:`planar_impl`)."""
+        return planar_impl(device, dtype, impl=self.impl)
 
     def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         return planar_chain(z, *self.args(params), impl=self.impl)

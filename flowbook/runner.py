@@ -317,13 +317,16 @@ def _restore(written: list[tuple[Path, bytes | None]]) -> None:
 def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torch.device,
                    weights: str | None) -> dict[str, Any]:
     """The ``config`` of row r's result: what trained it, on what, with which code, and its logs."""
-    from .flows import planar_impl
+    from .models import DLGMConfig
     from .train import stage_chain
 
     cfg = run.config
     best = run.best[r] if r < len(run.best) else None
-    return {"train": asdict(cfg), "model": model, **data,
-            "planar_impl": planar_impl(device, cfg.dtype),
+    row = DLGMConfig(**model)
+    # what ran this row's flow (a diagonal row has none); planar rows keep the key they always had
+    impl = row.flow_spec().implementation(device, cfg.dtype) if row.K else "none (diagonal Gaussian: no flow)"
+    return {"train": asdict(cfg), "model": model, **data, "flow_impl": impl,
+            **({"planar_impl": impl} if row.K and row.flow == "planar" else {}),
             "updates_done": run.step, "rows_trained_together": len(cfg.rows),
             "train_seconds": round(run.train_seconds, 3),
             "evaluated_at_update": best["step"] if best is not None else run.step,

@@ -614,3 +614,9 @@ def test_planar_impl_names_what_runs(monkeypatch) -> None:
     auto = flows.planar_impl("cpu", "float32")
     assert auto.startswith("flowbook.kernels.fused.planar_chain") and auto.endswith("because no C compiler found")
     assert flows.planar_impl("cpu", "float32", impl="native").startswith("none: ")
+
+
+def test_each_spec_names_the_implementation_its_flow_runs() -> None:
+    assert flows.PlanarSpec(3, 2, impl="autograd").implementation() == flows.planar_impl("cpu", "float32", impl="autograd")
+    assert flows.RadialSpec(3, 2).implementation() == "flowbook.flows.RadialSpec.forward"
+    assert flows.NiceSpec(4, 2).implementation() == "flowbook.flows.NiceSpec.forward"

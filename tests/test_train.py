@@ -116,7 +116,9 @@ def test_finish_writes_one_result_per_row_with_provenance(tmp_path):
     # the implementation that actually ran (the compiled kernel, or the PyTorch loop and why)
     from flowbook import flows
 
-    assert rec["config"]["planar_impl"] == flows.planar_impl("cpu", "float32")
+    assert rec["config"]["planar_impl"] == rec["config"]["flow_impl"] == flows.planar_impl("cpu", "float32")
+    diagonal = json.loads((tmp_path / "mnist_fast_test_diagonal.json").read_text())["config"]
+    assert diagonal["flow_impl"].startswith("none") and "planar_impl" not in diagonal  # no flow ran there
     assert "planar_kernel" not in rec["config"]
 
 
