@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .results import ensure_writable_dir
+from .results import require_writable_dir
 from .runid import RunConfig, training_fields
 
 __all__ = ["CheckpointError", "RESTART_HINT", "checkpoint_path", "legacy_checkpoint_path", "find_checkpoint",
@@ -75,12 +75,8 @@ def prepare_ckpt_dir(ckpt_dir: str | Path) -> Path:
     """Create ``ckpt_dir`` if missing and check that files can be written there, so that a run fails at
     once instead of after its first ``ckpt_every`` updates; returns it as a Path."""
     ckpt_dir = Path(ckpt_dir)
-    try:
-        ensure_writable_dir(ckpt_dir)
-    except OSError as err:
-        raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({err.strerror or err}); "
-                              "fix its permissions or choose another --ckpt-dir") from err
-    return ckpt_dir
+    return require_writable_dir(ckpt_dir, CheckpointError, f"checkpoint directory {ckpt_dir} is not writable",
+                                "fix its permissions or choose another --ckpt-dir")
 
 
 def _pid_is_alive(pid: int) -> bool:

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowbook.flowmath import check_param, check_planar, check_z, identity, num_layers, planar_log_det, planar_scale
+from flowbook.flowmath import (check_alike, check_param, check_planar, check_z, identity, num_layers, planar_log_det,
+                               planar_scale)
 from flowbook.gaussian import diagonal_normal_log_prob, reparameterize
 from flowbook.kernels import fused, native
 
@@ -709,13 +710,7 @@ class Flow(nn.Module):
 
     def _check(self, z: Tensor, where: str) -> None:
         check_z(z, self.dim, where)
-        p = next(self.parameters())
-        if z.dtype != p.dtype:
-            raise TypeError(f"{where}: z has dtype {z.dtype} but the flow's parameters are {p.dtype}; "
-                            f"use z.to({p.dtype}) or flow.to({z.dtype})")
-        if z.device != p.device:
-            raise ValueError(f"{where}: z is on {z.device} but the flow is on {p.device}; "
-                             f"use z.to('{p.device}') or flow.to('{z.device}')")
+        check_alike(z, next(self.parameters()), "the flow", "flow", where)
 
     def params(self) -> dict[str, Tensor]:
         """The flow's parameters and buffers by the spec's names."""
