@@ -324,11 +324,15 @@ def _main(argv: list[str]) -> int:
     metrics = finish(run, device=runner.pick_device(args.device), out_dir=args.out,
                      command=runner.command_line(parser.prog, argv), weights_dir=weights_dir_for(args),
                      overwrite=args.overwrite)
-    for K, m in metrics.items():
-        print(f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "
-              f"({m['bpd']:.3f} bits/dim; S = {m['samples']}, {m['points']} test patches)")
-    print(f"done: {cfg.updates} updates in {run.train_seconds:.0f} s; results in {args.out}")
+    print(_summary(metrics, f"done: {cfg.updates} updates in {run.train_seconds:.0f} s; results in {args.out}"))
     return 0
+
+
+def _summary(metrics: dict[int, dict[str, Any]], last: str) -> str:
+    """The command's report: one line per row (its bounds in nats per patch and bits per dimension), then ``last``."""
+    rows = [f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "
+            f"({m['bpd']:.3f} bits/dim; S = {m['samples']}, {m['points']} test patches)" for K, m in metrics.items()]
+    return "\n".join([*rows, last])
 
 
 if __name__ == "__main__":
