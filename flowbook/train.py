@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +40,7 @@ from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpo
 from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
+from .loop import run_updates
 from .runid import config_digest, run_name
 
 __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
@@ -453,7 +453,8 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         acc.copy_(state["log_acc"])
         acc_n = state["log_acc_n"]
 
-    def checkpoint() -> None:
+    def checkpoint(done: int, seconds: float) -> None:
+        run.train_seconds = seconds
         if path is None:
             return
         # never save a diverged state: a resume would start from it and diverge again
@@ -488,9 +489,9 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     bar = tqdm(total=cfg.updates, initial=run.step, disable=not progress, desc="train", unit="upd",
                dynamic_ncols=True)
     cache: dict = {}
-    t0 = time.perf_counter()
-    seconds_before = run.train_seconds
-    while run.step < end:
+
+    def update(t: int) -> None:
+        nonlocal acc, acc_n
         x = _batch_for_update(x_train, cfg.updates_before + run.step, cfg, cache)  # the chain's epochs go on
         eps = torch.randn(x.shape[0], D, generator=noise, device=device, dtype=dtype)
         beta = beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup)
@@ -520,12 +521,9 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
                 and beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup) >= 1.0:
             validate()
         bar.update(1)
-        run.train_seconds = seconds_before + time.perf_counter() - t0
-        out_of_time = max_minutes is not None and run.train_seconds - seconds_before > 60 * max_minutes
-        if run.step % ckpt_every == 0 or run.step == end or out_of_time:
-            checkpoint()
-        if out_of_time:
-            break
+
+    _, run.train_seconds = run_updates(run.step, end, update, checkpoint, every=ckpt_every, max_minutes=max_minutes,
+                                       seconds_before=run.train_seconds)
     bar.close()
     return run
 

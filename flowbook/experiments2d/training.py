@@ -21,6 +21,7 @@ from torch import Tensor
 from flowbook import energies
 from flowbook.checkpoints import RESTART_HINT, CheckpointError, first_line, save_atomic
 from flowbook.experiments2d.model import FitConfig, FitGroup, build_groups, target_potential
+from flowbook.loop import run_updates
 from flowbook.objectives import beta_schedule, free_energy
 
 __all__ = ["CHECKPOINT_KEYS", "Checkpointing", "annealed_free_energy", "train", "evaluate", "log_density_grid",
@@ -113,8 +114,8 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
         else min(checkpointing.stop_at, config.updates)
     n = config.samples
     start = time.perf_counter()
-    done = first
-    for t in range(first, end):
+
+    def update(t: int) -> None:
         beta = beta_schedule(t, start=0.01, warmup=config.warmup)
         record = record_every > 0 and t % record_every == 0
         loss, samples = annealed_free_energy(groups, potentials, n, beta, gen)
@@ -138,18 +139,15 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
         if log is not None and (t + 1) % max(config.updates // 20, 1) == 0:
             log(f"update {t + 1}/{config.updates}  beta={beta:.3f}  loss={float(loss.detach()):.3f}  "
                 f"{time.perf_counter() - start:.0f}s")
-        done = t + 1
-        if checkpointing is not None:
-            seconds = time.perf_counter() - start
-            out_of_time = checkpointing.max_minutes is not None and seconds > 60 * checkpointing.max_minutes
-            if done % checkpointing.every == 0 or done == end or out_of_time:
-                save_atomic({"config": asdict(config), "step": done, "groups": [g.state_dict() for g in groups],
-                             "optim": opt.state_dict(), "sched": sched.state_dict(), "noise": gen.get_state(),
-                             "history": history, "train_seconds": seconds_before + seconds}, checkpointing.path)
-            if out_of_time:
-                break
-    history["updates_done"] = done
-    history["train_seconds"] = seconds_before + time.perf_counter() - start
+
+    def checkpoint(done: int, seconds: float) -> None:
+        save_atomic({"config": asdict(config), "step": done, "groups": [g.state_dict() for g in groups],
+                     "optim": opt.state_dict(), "sched": sched.state_dict(), "noise": gen.get_state(),
+                     "history": history, "train_seconds": seconds}, checkpointing.path)
+
+    history["updates_done"], history["train_seconds"] = run_updates(
+        first, end, update, checkpoint, every=checkpointing.every if checkpointing is not None else None,
+        max_minutes=checkpointing.max_minutes if checkpointing is not None else None, seconds_before=seconds_before)
     return history
 
 
