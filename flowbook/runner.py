@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from . import pretrained
 from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
 from .evaluation import points_file_name, save_point_values
 from .results import add_evaluation, describe_device, name_lock, save_result
@@ -225,11 +226,11 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
     """Evaluate every row of a finished run on the test set and write one result JSON per row.
 
     Each row is evaluated with its best-validation parameters when the run validated
-    (:meth:`flowbook.train.Run.final_rows`). With ``weights_dir``, the row's parameters are rounded to
-    float16 first (:func:`flowbook.pretrained.round_like_saved`) and saved there with the result, so the
-    result describes exactly the saved weights. ``x_test`` defaults to the config's test set; its first
-    ``eval_points`` are used. Returns {row name: metrics}. A result's config holds the training config,
-    the row's model config, the data used, the planar implementation, and the training and validation logs.
+    (:meth:`flowbook.train.Run.final_rows`); with ``weights_dir``, rounded to float16 first
+    (:func:`flowbook.pretrained.round_like_saved`) and saved there, so the result describes exactly the
+    saved weights. ``x_test`` (default: the config's test set) is cut to ``eval_points``. Returns {row name:
+    metrics}. A result's config holds the training and model configs, the data, the implementation the
+    row's flow ran, and the training and validation logs.
 
     Nothing stored is replaced without ``overwrite``: a row whose result or weights belong to another run
     is refused (:func:`stored_rows`, FileExistsError) before anything is evaluated, and again under the
@@ -239,37 +240,18 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
     (:func:`needs_evaluation`) is appended to its result (:func:`flowbook.results.add_evaluation`). Each
     row's weights and result are written as a pair: if writing fails, every file this call wrote is
     restored to what it was."""
-    from . import pretrained
-
     cfg = run.config
     names = [cfg.result_name(flow, K) for flow, K in cfg.rows]
     if weights_dir is not None and out_dir is None:
         raise ValueError("weights are saved only with their result: give out_dir with weights_dir")
     stored = stored_rows(cfg, out_dir, weights_dir, overwrite) if out_dir is not None else dict.fromkeys(names)
-    if x_test is None:
-        x_test = cfg.test_data()
-    x_test = x_test[:cfg.eval_points]
+    x_test = (cfg.test_data() if x_test is None else x_test)[:cfg.eval_points]
     data = cfg.data_record()
-    out, evaluated = {}, []
-    for r, (row, name) in enumerate(zip(run.final_rows(), names)):
-        if stored[name] is not None and not (add_evaluations and needs_evaluation(stored[name], cfg)):
-            out[name] = stored[name]["metrics"]
-            continue
-        best = run.best[r] if r < len(run.best) else None
-        if weights_dir is not None:
-            pretrained.round_like_saved(row)
-        t0 = time.perf_counter()
-        metrics = cfg.row_metrics(row, x_test, progress=progress)
-        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        per_point = metrics.pop("per_point", None)  # written with the result, below
-        metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
-        if best is not None:
-            metrics["best_valid_free_energy"] = best["free_energy"]
-        out[name] = metrics
-        evaluated.append((r, row, name, metrics, per_point))
+    out, evaluated = _evaluate_rows(run, names, stored, x_test, rounded=weights_dir is not None, progress=progress,
+                                    add_evaluations=add_evaluations)
     if out_dir is None or not evaluated:
         return out
-    weights_of = {name: f"data/weights/{name}.pt" if weights_dir is not None else None for name in names}
+    weights_of = dict.fromkeys(names) if weights_dir is None else {name: f"data/weights/{name}.pt" for name in names}
     with ExitStack() as locks:
         for name in sorted(names):  # one order for every process: two runs never wait for each other
             locks.enter_context(name_lock(out_dir, name))
@@ -277,20 +259,17 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         written: list[tuple[Path, bytes | None]] = []
         try:
             for r, row, name, metrics, per_point in evaluated:
-                result = Path(out_dir) / f"{name}.json"
                 twin = stored[name] is not None  # this configuration's row: stored before, or by a twin meanwhile
                 if twin and not (add_evaluations and needs_evaluation(stored[name], cfg)):
                     continue
-                files = [] if twin else [result] + ([Path(weights_dir) / f"{name}.pt"] if weights_dir else [])
-                if per_point is not None:  # each test point's values, beside the result (seed: evaluate's)
-                    files.append(Path(out_dir) / points_file_name(name, metrics["samples"], metrics["points"], 1234))
+                files = _row_files(name, twin, out_dir, weights_dir, metrics if per_point is not None else None)
                 written += [(path, path.read_bytes() if path.exists() else None) for path in files]
                 if per_point is not None:
                     metrics["points_file"] = save_point_values(out_dir, name, metrics["samples"], 1234, **per_point)
-                if twin:
-                    add_evaluation(result, {**metrics, "seed": 1234, "weights": weights_of[name], **data,
-                                            "torch_threads": torch.get_num_threads()},
-                                   device=device, command=command)
+                entry = {**metrics, "seed": 1234, "weights": weights_of[name], **data,
+                         "torch_threads": torch.get_num_threads()}
+                if twin:  # this configuration's row, stored already: only the evaluation is added
+                    add_evaluation(Path(out_dir) / f"{name}.json", entry, device=device, command=command)
                     continue
                 if weights_dir is not None:
                     pretrained.save(row, name, weights_dir)
@@ -301,6 +280,45 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
             _restore(written)
             raise
     return out
+
+
+def _row_files(name: str, twin: bool, out_dir: str | Path, weights_dir: str | Path | None,
+               points_of: dict[str, Any] | None) -> list[Path]:
+    """The files :func:`finish` writes for row ``name``: its result and weights (not for a ``twin``, a row
+    already stored, which only gains an evaluation) and, given the metrics ``points_of``, the file of each
+    test point's values beside the result (seed: evaluate's)."""
+    files = [] if twin else [Path(out_dir) / f"{name}.json"]
+    if weights_dir is not None and not twin:
+        files.append(Path(weights_dir) / f"{name}.pt")
+    if points_of is not None:
+        files.append(Path(out_dir) / points_file_name(name, points_of["samples"], points_of["points"], 1234))
+    return files
+
+
+def _evaluate_rows(run: Run, names: list[str], stored: dict[str, dict | None], x_test: Tensor, *, rounded: bool,
+                   progress: bool | None, add_evaluations: bool) -> tuple[dict[str, dict[str, Any]], list[tuple]]:
+    """:func:`finish`'s evaluations: {name: metrics} of every row (a stored row's own, unless it needs an
+    evaluation added), and (r, row, name, metrics, per-point values) of each row evaluated here; with
+    ``rounded``, a row is rounded to its saved float16 weights first."""
+    cfg = run.config
+    out, evaluated = {}, []
+    for r, (row, name) in enumerate(zip(run.final_rows(), names)):
+        if stored[name] is not None and not (add_evaluations and needs_evaluation(stored[name], cfg)):
+            out[name] = stored[name]["metrics"]
+            continue
+        best = run.best[r] if r < len(run.best) else None
+        if rounded:
+            pretrained.round_like_saved(row)
+        t0 = time.perf_counter()
+        metrics = cfg.row_metrics(row, x_test, progress=progress)
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        per_point = metrics.pop("per_point", None)  # written with the result, by finish
+        metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
+        if best is not None:
+            metrics["best_valid_free_energy"] = best["free_energy"]
+        out[name] = metrics
+        evaluated.append((r, row, name, metrics, per_point))
+    return out, evaluated
 
 
 def _restore(written: list[tuple[Path, bytes | None]]) -> None:
