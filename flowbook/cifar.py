@@ -43,7 +43,7 @@ from torch import Tensor
 
 from . import data as fdata
 from . import runner
-from .models import DLGM, DLGMConfig
+from .models import DLGM
 from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
                       parse_checked, run_main, weights_dir_for)
 from .runid import run_name
@@ -82,11 +82,10 @@ class CifarConfig(TrainConfig):
     # the last ``valid_images`` training images are held out: validation patches come from them only
     valid_images: int = 0
 
-    def model_configs(self) -> list[DLGMConfig]:
-        return [DLGMConfig(flow=f, K=k, data_dim=self.data_dim, latent=self.latent, hidden=self.hidden,  # type: ignore[arg-type]
-                           maxout_units=self.maxout_units, likelihood=self.likelihood,  # type: ignore[arg-type]
-                           logit_normal_variance=self.logit_normal_variance, seed=self.seed)  # type: ignore[arg-type]
-                for f, k in self.rows]
+    def model_fields(self) -> dict[str, Any]:
+        """MNIST's fields and the patches' data dimension, latent size and logit-normal variance."""
+        return {**super().model_fields(), "data_dim": self.data_dim, "latent": self.latent,
+                "logit_normal_variance": self.logit_normal_variance}
 
     def result_name(self, flow: str, K: int) -> str:
         """The result (and weights) name of one row (:func:`flowbook.runid.run_name`), e.g.

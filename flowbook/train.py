@@ -86,8 +86,13 @@ class TrainConfig:
     fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
 
     def model_configs(self) -> list[DLGMConfig]:
-        return [DLGMConfig(flow=f, K=k, hidden=self.hidden, maxout_units=self.maxout_units,  # type: ignore[arg-type]
-                           likelihood=self.likelihood, seed=self.seed) for f, k in self.rows]  # type: ignore[arg-type]
+        """One :class:`~flowbook.models.DLGMConfig` per row: its flow and K with :meth:`model_fields`."""
+        return [DLGMConfig(flow=f, K=k, **self.model_fields()) for f, k in self.rows]
+
+    def model_fields(self) -> dict[str, Any]:
+        """The :class:`~flowbook.models.DLGMConfig` fields this configuration sets for every row."""
+        return {"hidden": self.hidden, "maxout_units": self.maxout_units, "likelihood": self.likelihood,
+                "seed": self.seed}
 
     def digest(self) -> str:
         """A short hash of what training depends on: a checkpoint resumes only the run it belongs to
