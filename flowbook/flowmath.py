@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["check_z", "check_alike", "check_param", "check_planar", "num_layers", "identity", "planar_scale", "planar_log_det"]
+__all__ = ["check_z", "check_alike", "check_param", "check_planar", "num_layers", "identity", "planar_scale", "planar_u_hat",
+           "planar_log_det"]
 
 
 def check_z(z: Tensor, dim: int | None, where: str) -> None:
@@ -104,3 +105,12 @@ def planar_log_det(a: Tensor, one_plus_wu_hat: Tensor) -> Tensor:
     t2 = torch.tanh(a).square()
     det = t2 + (1.0 - t2) * one_plus_wu_hat
     return torch.log(det.clamp_min(torch.finfo(det.dtype).tiny)).sum(-1)
+
+
+def planar_u_hat(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """û = u + s·w (Appendix A) and 1 + wᵀû, with what they were computed from: wᵀu, ‖w‖² and s
+    (:func:`planar_scale`), which a hand-written backward needs again."""
+    wu, w2 = torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w)
+    scale, one_plus_wu_hat = planar_scale(wu, w2)
+    u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
+    return u_hat, one_plus_wu_hat, wu, w2, scale

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowbook.flowmath import (check_alike, check_param, check_planar, check_z, identity, num_layers, planar_log_det,
-                               planar_scale)
+                               planar_u_hat)
 from flowbook.gaussian import diagonal_normal_log_prob, reparameterize
 from flowbook.kernels import fused, native
 
@@ -66,8 +66,7 @@ def planar_constrain(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     rounding of 0) the correction is skipped: û = u and 1 + wᵀû = 1 + wᵀu, and the layer is then a
     translation.
     """
-    scale, one_plus_wu_hat = planar_scale(torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w))
-    u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
+    u_hat, one_plus_wu_hat, *_ = planar_u_hat(u, w)
     return u_hat, one_plus_wu_hat
 
 
