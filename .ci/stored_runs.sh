@@ -25,8 +25,8 @@ mnist() {  # mnist FLOW K
   run "$name" "$PY" -m flowbook train --mode stored --flow "$1" --K "$2" --threads 1 --no-progress \
     --eval-samples "$MNIST_S" ${longer[@]+"${longer[@]}"}
 }
-cifar() {  # cifar K
-  run "cifar10_stored_K$1" "$PY" -m flowbook.cifar train --mode stored --K "$1" --threads 1
+cifar() {  # cifar K (CIFAR-10's rows are planar)
+  run "cifar10_stored_$([[ $1 == 0 ]] && echo diagonal || echo "planar_K$1")" "$PY" -m flowbook.cifar train --mode stored --K "$1" --threads 1
 }
 
 # maxout UNITS K: a short paired run (20 000 updates of the stored protocol at a rate of 3e-4, the same

@@ -1,7 +1,7 @@
 """flowbook: variational inference with normalizing flows (Rezende & Mohamed, ICML 2015).
 
 Modules:
-    flows         planar, radial and NICE (additive coupling) flows: functions, one spec per type, modules (§4)
+    flows         the flow types (SPECS: planar, radial, NICE, ...): functions, one spec per type, modules (§4)
     kernels       the fast planar chain (hand-written backward; C kernels compiled on first use), via flows
     flowmath      input checks and planar formulas shared by flows and kernels
     gaussian      the diagonal-Gaussian log-density of q0

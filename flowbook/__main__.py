@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from . import flows
 from .checkpoints import CheckpointError
 from .options import (MAX_HIDDEN, MAX_K, OptionError, add_run_arguments, check_float, check_int, check_run_options,
                       config_from_args, parse_checked, run_main, weights_dir_for)
@@ -56,7 +57,8 @@ def _config(args: argparse.Namespace):
 
 def _check(args: argparse.Namespace) -> None:
     """Refuse out-of-range options before any data loads (:class:`flowbook.options.OptionError`)."""
-    from .models import FLOW_TYPES, DLGMConfig
+    from .flows import SPECS
+    from .models import DLGMConfig
     from .train import PRESETS, parse_rows
 
     train = args.command == "train"
@@ -81,8 +83,8 @@ def _check(args: argparse.Namespace) -> None:
         except ValueError as err:
             raise OptionError(f"--rows: {err}") from None
         for flow, K in rows:
-            if flow not in FLOW_TYPES:
-                raise OptionError(f"--rows: flow {flow!r} must be one of {', '.join(FLOW_TYPES)}")
+            if flow not in SPECS:
+                raise OptionError(f"--rows: flow {flow!r} must be one of {', '.join(SPECS)}")
             check_int(f"--rows ({flow}:{K}): K", K, 0, MAX_K, " (the paper's longest flow is 80)")
         if args.flow is not None or args.K is not None:
             raise OptionError("--rows names every row; --flow and --K name a single one: give either --rows, "
@@ -112,7 +114,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 #: Commands with their own module, handed the rest of the command line: name → (module, help).
-DELEGATED = {"evaluate-weights": ("evaluation", "evaluate the committed weights of a stored Table 2 row again "
+DELEGATED = {"evaluate-weights": ("evalcli", "evaluate the committed weights of a stored Table 2 row again "
                                                 "(e.g. S = 5000) and add it to its result"),
              "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10"),
              "store": ("store", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}
@@ -138,7 +140,7 @@ def _main(argv: list[str]) -> int:
     for name in ("train", "eval"):
         p = sub.add_parser(name, help=f"{name} DLGM rows on binarized MNIST (Table 2)")
         add_run_arguments(p, modes=("fast", "stored", "full"), ckpt_dir="data/checkpoints", train=name == "train")
-        p.add_argument("--flow", choices=("planar", "radial", "nice"), help="flow of the row (default: planar)")
+        p.add_argument("--flow", choices=tuple(flows.SPECS), help="flow of the row (default: planar)")
         p.add_argument("--K", type=int, help="flow length (default 0: diagonal Gaussian)")
         p.add_argument("--rows", help="several rows trained together, e.g. planar:0,planar:10,nice:10 "
                                       "(instead of --flow and --K)")

@@ -3,7 +3,7 @@
 A checkpoint holds the parameters, the optimizer state, the noise generator's state, the update count and
 the training log of a run: of Algorithm 1 (:func:`flowbook.train.train`, MNIST and CIFAR-10) or of the 2-D
 fits (:func:`flowbook.experiments2d.train`). It is named after its configuration
-(:meth:`flowbook.runner.RunConfig.checkpoint_stem` and the digest). It is written atomically (a
+(:meth:`flowbook.runid.RunConfig.checkpoint_stem` and the digest). It is written atomically (a
 per-process temporary, fsynced, then renamed), so a run killed at any moment (even with ``kill -9``)
 leaves the previous checkpoint intact; temporaries of killed saves are removed at the next start. A
 checkpoint that cannot be read, or whose stored config is not the command's, is refused with a
@@ -18,18 +18,16 @@ import re
 from dataclasses import asdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .results import ensure_writable_dir
-
-if TYPE_CHECKING:  # flowbook.runner imports this module
-    from .runner import RunConfig
+from .results import require_writable_dir
+from .runid import RunConfig, training_fields
 
 __all__ = ["CheckpointError", "RESTART_HINT", "checkpoint_path", "legacy_checkpoint_path", "find_checkpoint",
            "prepare_ckpt_dir", "remove_dead_temporaries", "open_checkpoint", "load_checkpoint", "save_atomic",
-           "first_line", "training_fields", "LATER_FIELDS"]
+           "first_line"]
 
 #: What a refused checkpoint's message tells the user to do.
 RESTART_HINT = "delete it, or run the same command with --restart (restart=True in train()) to start over"
@@ -51,8 +49,8 @@ def first_line(err: BaseException) -> str:
 def checkpoint_path(cfg: RunConfig, ckpt_dir: str | Path) -> Path:
     """``<ckpt_dir>/<stem>_<digest>.pt``, e.g. ``mnist_stored_planar80_1e13cfaad81e.pt``.
 
-    The stem (:meth:`~flowbook.runner.RunConfig.checkpoint_stem`) names the dataset and the run; the digest
-    (:meth:`~flowbook.runner.RunConfig.digest`) makes every training configuration its own file."""
+    The stem (:meth:`~flowbook.runid.RunConfig.checkpoint_stem`) names the dataset and the run; the digest
+    (:meth:`~flowbook.runid.RunConfig.digest`) makes every training configuration its own file."""
     return Path(ckpt_dir) / f"{cfg.checkpoint_stem()}_{cfg.digest()}.pt"
 
 
@@ -77,12 +75,8 @@ def prepare_ckpt_dir(ckpt_dir: str | Path) -> Path:
     """Create ``ckpt_dir`` if missing and check that files can be written there, so that a run fails at
     once instead of after its first ``ckpt_every`` updates; returns it as a Path."""
     ckpt_dir = Path(ckpt_dir)
-    try:
-        ensure_writable_dir(ckpt_dir)
-    except OSError as err:
-        raise CheckpointError(f"checkpoint directory {ckpt_dir} is not writable ({err.strerror or err}); "
-                              "fix its permissions or choose another --ckpt-dir") from err
-    return ckpt_dir
+    return require_writable_dir(ckpt_dir, CheckpointError, f"checkpoint directory {ckpt_dir} is not writable",
+                                "fix its permissions or choose another --ckpt-dir")
 
 
 def _pid_is_alive(pid: int) -> bool:
@@ -107,20 +101,6 @@ def remove_dead_temporaries(ckpt_dir: Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-#: Training fields added after rows were stored, with the value that means "as before" (a run from scratch).
-#: At that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
-LATER_FIELDS: dict[str, Any] = {"init_from": "", "init_sha256": "", "updates_before": 0, "warmup": 0,
-                                "ema_decay": 0.0, "fused": False}
-_ABSENT = object()
-
-
-def training_fields(config: dict) -> dict:
-    """The fields of a run's config that its training depends on: all but the ``eval_*`` ones and the
-    :data:`LATER_FIELDS` at their neutral value (what :func:`flowbook.runner.config_digest` hashes)."""
-    return {k: v for k, v in config.items()
-            if not k.startswith("eval_") and LATER_FIELDS.get(k, _ABSENT) != v}
 
 
 def _train_fields(config: dict) -> dict:

@@ -43,9 +43,10 @@ from torch import Tensor
 
 from . import data as fdata
 from . import runner
-from .models import DLGM, DLGMConfig
+from .models import DLGM
 from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
                       parse_checked, run_main, weights_dir_for)
+from .runid import run_name
 from .train import Run, TrainConfig, evaluate
 
 __all__ = ["PATCH_SIZE", "PATCH_DIM", "EPS", "LATENT", "KS", "PAPER_TABLE3", "CifarConfig", "FAST", "FULL",
@@ -81,19 +82,19 @@ class CifarConfig(TrainConfig):
     # the last ``valid_images`` training images are held out: validation patches come from them only
     valid_images: int = 0
 
-    def model_configs(self) -> list[DLGMConfig]:
-        return [DLGMConfig(flow=f, K=k, data_dim=self.data_dim, latent=self.latent, hidden=self.hidden,  # type: ignore[arg-type]
-                           maxout_units=self.maxout_units, likelihood=self.likelihood,  # type: ignore[arg-type]
-                           logit_normal_variance=self.logit_normal_variance, seed=self.seed)  # type: ignore[arg-type]
-                for f, k in self.rows]
+    def model_fields(self) -> dict[str, Any]:
+        """MNIST's fields and the patches' data dimension, latent size and logit-normal variance."""
+        return {**super().model_fields(), "data_dim": self.data_dim, "latent": self.latent,
+                "logit_normal_variance": self.logit_normal_variance}
 
     def result_name(self, flow: str, K: int) -> str:
-        """``cifar10_<mode>[_<label>]_K<K>``: the result (and weights) name of one row (all rows are planar)."""
-        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
-        return f"cifar10_{self.mode}{label}_K{K}"
+        """The result (and weights) name of one row (:func:`flowbook.runid.run_name`), e.g.
+        ``cifar10_stored_planar_K10`` or ``cifar10_fast_seed0_diagonal`` (K = 0)."""
+        return run_name("cifar10", flow, K, self.mode, self.label)
 
     def checkpoint_stem(self) -> str:
-        """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``:
+        """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``
+        (the result names, :meth:`result_name`, name the flow; the checkpoints keep this older form):
         the checkpoint's name before its digest (all rows are planar)."""
         label = f"_{self.label.replace(' ', '-')}" if self.label else ""
         return f"cifar10_{self.mode}{label}_K{'-'.join(str(K) for _, K in self.rows)}"
@@ -322,11 +323,15 @@ def _main(argv: list[str]) -> int:
     metrics = finish(run, device=runner.pick_device(args.device), out_dir=args.out,
                      command=runner.command_line(parser.prog, argv), weights_dir=weights_dir_for(args),
                      overwrite=args.overwrite)
-    for K, m in metrics.items():
-        print(f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "
-              f"({m['bpd']:.3f} bits/dim; S = {m['samples']}, {m['points']} test patches)")
-    print(f"done: {cfg.updates} updates in {run.train_seconds:.0f} s; results in {args.out}")
+    print(_summary(metrics, f"done: {cfg.updates} updates in {run.train_seconds:.0f} s; results in {args.out}"))
     return 0
+
+
+def _summary(metrics: dict[int, dict[str, Any]], last: str) -> str:
+    """The command's report: one line per row (its bounds in nats per patch and bits per dimension), then ``last``."""
+    rows = [f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "
+            f"({m['bpd']:.3f} bits/dim; S = {m['samples']}, {m['points']} test patches)" for K, m in metrics.items()]
+    return "\n".join([*rows, last])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["check_z", "check_param", "check_planar", "num_layers", "identity", "planar_scale", "planar_log_det"]
+__all__ = ["check_z", "check_alike", "check_param", "check_planar", "num_layers", "identity", "planar_scale", "planar_u_hat",
+           "planar_log_det"]
 
 
 def check_z(z: Tensor, dim: int | None, where: str) -> None:
@@ -33,16 +34,21 @@ def check_z(z: Tensor, dim: int | None, where: str) -> None:
         raise ValueError(f"{where}: z has {z.shape[-1]} features but the flow has dim={dim}")
 
 
+def check_alike(z: Tensor, p: Tensor, name: str, holder: str, where: str) -> None:
+    """``p`` (called ``name``, held by ``holder``, e.g. a module) must have z's dtype and device."""
+    if p.dtype != z.dtype:
+        raise TypeError(f"{where}: {name} has dtype {p.dtype} but z has {z.dtype}; cast one of them "
+                        f"(e.g. z.to({p.dtype}) or {holder}.to({z.dtype}))")
+    if p.device != z.device:
+        raise ValueError(f"{where}: {name} is on {p.device} but z is on {z.device}; move them to one device "
+                         f"(e.g. z.to('{p.device}') or {holder}.to('{z.device}'))")
+
+
 def check_param(z: Tensor, p: Tensor, name: str, trailing: tuple[int, ...], where: str) -> None:
     """``p`` must be ``(K, *trailing)`` or ``(batch, K, *trailing)``, on z's device and dtype."""
     if not isinstance(p, Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(p).__name__}")
-    if p.dtype != z.dtype:
-        raise TypeError(f"{where}: {name} has dtype {p.dtype} but z has {z.dtype}; cast one of them "
-                        f"(e.g. z.to({p.dtype}) or module.to({z.dtype}))")
-    if p.device != z.device:
-        raise ValueError(f"{where}: {name} is on {p.device} but z is on {z.device}; move them to one device "
-                         f"(e.g. z.to('{p.device}') or module.to('{z.device}'))")
+    check_alike(z, p, name, "module", where)
     nt = len(trailing)
     shape_ok = p.dim() in (1 + nt, 2 + nt) and tuple(p.shape[p.dim() - nt:]) == trailing
     if shape_ok and p.dim() == 2 + nt and p.shape[0] != z.shape[0]:
@@ -99,3 +105,12 @@ def planar_log_det(a: Tensor, one_plus_wu_hat: Tensor) -> Tensor:
     t2 = torch.tanh(a).square()
     det = t2 + (1.0 - t2) * one_plus_wu_hat
     return torch.log(det.clamp_min(torch.finfo(det.dtype).tiny)).sum(-1)
+
+
+def planar_u_hat(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """û = u + s·w (Appendix A) and 1 + wᵀû, with what they were computed from: wᵀu, ‖w‖² and s
+    (:func:`planar_scale`), which a hand-written backward needs again."""
+    wu, w2 = torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w)
+    scale, one_plus_wu_hat = planar_scale(wu, w2)
+    u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
+    return u_hat, one_plus_wu_hat, wu, w2, scale

@@ -40,15 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowbook.flowmath import check_param, check_planar, check_z, identity, num_layers, planar_log_det, planar_scale
-from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
+from flowbook.flowmath import (check_alike, check_param, check_planar, check_z, identity, num_layers, planar_log_det,
+                               planar_u_hat)
+from flowbook.gaussian import diagonal_normal_log_prob, reparameterize
 from flowbook.kernels import fused, native
 
 __all__ = [
     "planar_constrain", "planar", "planar_inverse", "PLANAR_IMPLS", "planar_chain", "planar_impl",
     "radial_constrain", "radial", "radial_inverse",
     "random_mixing", "coupling_shift", "additive_coupling", "additive_coupling_inverse",
-    "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "spec_for",
+    "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "register", "variants", "spec_for",
     "Flow", "Planar", "Radial", "AdditiveCoupling", "Compose", "DiagonalGaussian",
 ]
 
@@ -65,8 +66,7 @@ def planar_constrain(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     rounding of 0) the correction is skipped: û = u and 1 + wᵀû = 1 + wᵀu, and the layer is then a
     translation.
     """
-    scale, one_plus_wu_hat = planar_scale(torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w))
-    u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
+    u_hat, one_plus_wu_hat, *_ = planar_u_hat(u, w)
     return u_hat, one_plus_wu_hat
 
 
@@ -409,6 +409,12 @@ class FlowSpec:
     amortized: ClassVar[tuple[str, ...]]
     buffers: ClassVar[tuple[str, ...]] = ()
     min_dim: ClassVar[int] = 1
+    #: the methods this type offers to the 2-D experiments, each with the options it passes to the spec
+    #: (e.g. NICE with an orthogonal or a permutation mixing); empty: one method, the type's ``name``
+    variants: ClassVar[Mapping[str, Mapping[str, object]]] = {}
+    #: whether fits of different K may share one spec of the largest K, the short ones padded with
+    #: identity layers (:meth:`mask_layers`); False where a padded layer would cost real arithmetic
+    pads_layers: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.dim < self.min_dim or self.K < 0:
@@ -439,6 +445,17 @@ class FlowSpec:
         (random where the identity leaves a direction free, so that gradients are not all zero)."""
         raise NotImplementedError
 
+    def free_start(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                   ) -> dict[str, Tensor]:
+        """The start of a fit whose parameters no encoder emits (the 2-D fits of §6.1): by default the
+        identity (:meth:`identity`)."""
+        return self.identity(batch, generator)
+
+    def matrix_buffers(self, buffers: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``buffers`` (from :meth:`draw_buffers`) as floating tensors that :meth:`mask_layers` can mask;
+        by default unchanged."""
+        return dict(buffers)
+
     def flatten_amortized(self, params: Mapping[str, Tensor]) -> Tensor:
         """The inverse of :meth:`split` for shared parameters: the ``amortized`` ones as one flat vector,
         e.g. the bias of a head that emits ``params`` for every x (from :meth:`identity`: the identity)."""
@@ -455,12 +472,18 @@ class FlowSpec:
         raise NotImplementedError
 
     def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(z_K, Σ_k ln|det ∂f_k/∂z_{k−1}|) for z (batch, D) and ``params`` by name."""
+        """(z_K, Σ_k ln|det ∂f_k/∂z_{k−1}|) for z (batch, D) and ``params`` by name; the layers are those
+        ``params`` hold (K or fewer: a 2-D fit of a shorter flow passes its own)."""
         raise NotImplementedError
 
     def inverse(self, y: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(z_0, ln|det ∂z_0/∂y|) = the inverse map and minus the forward log-det."""
         raise NotImplementedError
+
+    def implementation(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = "float32") -> str:
+        """What runs this flow's forward map on ``device`` in ``dtype``, as a result records it: by default
+        the spec's own :meth:`forward`."""
+        return f"{type(self).__module__}.{type(self).__qualname__}.forward"
 
     def args(self, params: Mapping[str, Tensor]) -> list[Tensor]:
         """``params`` in the order the transform functions take them."""
@@ -502,9 +525,22 @@ class PlanarSpec(FlowSpec):
         u = math.log(math.e - 1.0) * w / w.square().sum(-1, keepdim=True)
         return {"u": u, "w": w, "b": torch.zeros(*batch, self.K)}
 
+    def free_start(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
+                   ) -> dict[str, Tensor]:
+        """u, w uniform in ±1/√D (not the identity), at the scale of a linear layer, and b = 0."""
+        bound = 1.0 / math.sqrt(self.dim)
+        shape = (*batch, self.K, self.dim)
+        return {"u": (torch.rand(shape, generator=generator) * 2 - 1) * bound,
+                "w": (torch.rand(shape, generator=generator) * 2 - 1) * bound,
+                "b": torch.zeros(*batch, self.K)}
+
     def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
         # u = w = b = 0 is an exact identity layer (û = u when w = 0)
         return {n: params[n] * _layer_mask(keep, params[n], len(s) - 1) for n, s in self.shapes().items()}
+
+    def implementation(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = "float32") -> str:
+        """The planar chain that runs (:func:`planar_impl`)."""
+        return planar_impl(device, dtype, impl=self.impl)
 
     def forward(self, z: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         return planar_chain(z, *self.args(params), impl=self.impl)
@@ -559,6 +595,11 @@ class NiceSpec(FlowSpec):
     amortized: ClassVar[tuple[str, ...]] = ("b1", "b2")
     buffers: ClassVar[tuple[str, ...]] = ("mixing",)
     min_dim: ClassVar[int] = 2
+    # Figure 3d compares NICE with orthogonal and with permutation mixings
+    variants: ClassVar[Mapping[str, Mapping[str, object]]] = {"nice-orth": {"mixing": "orth"},
+                                                              "nice-perm": {"mixing": "perm"}}
+    # a padded layer of H hidden units costs real arithmetic, unlike a padded planar layer
+    pads_layers: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -578,6 +619,13 @@ class NiceSpec(FlowSpec):
     def draw_buffers(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
                      ) -> dict[str, Tensor]:
         return {"mixing": self.draw_mixing(generator, dtype)}
+
+    def matrix_buffers(self, buffers: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A permutation mixing (K, D) of indices as the (K, D, D) matrices P with P z = z[perm]."""
+        mixing = buffers["mixing"]
+        if mixing.is_floating_point():
+            return dict(buffers)
+        return {**buffers, "mixing": torch.eye(self.dim)[mixing]}
 
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
@@ -605,8 +653,30 @@ class NiceSpec(FlowSpec):
         return additive_coupling_inverse(y, *self.args(params))
 
 
-#: every flow type's spec class, by name
+#: Every flow type's spec class by name, the one list of flow types. The command line's ``--flow``
+#: choices, the DLGM's rows and the 2-D experiments' methods (:func:`variants`) are read from it when
+#: they are used, so a type added by :func:`register` is offered everywhere.
 SPECS: dict[str, type[FlowSpec]] = {"planar": PlanarSpec, "radial": RadialSpec, "nice": NiceSpec}
+
+
+def register(cls: type[FlowSpec]) -> type[FlowSpec]:
+    """Add a flow type to :data:`SPECS` under ``cls.name`` (usable as a class decorator); a new flow
+    type is one spec class and this call."""
+    if not (isinstance(cls, type) and issubclass(cls, FlowSpec)) or not getattr(cls, "name", ""):
+        raise TypeError(f"register: expected a FlowSpec subclass with a name, got {cls!r}")
+    if SPECS.get(cls.name, cls) is not cls:
+        raise ValueError(f"register: flow type {cls.name!r} is already {SPECS[cls.name].__name__}; pick another name")
+    SPECS[cls.name] = cls
+    return cls
+
+
+def variants() -> dict[str, tuple[str, dict[str, object]]]:
+    """Every method of the registered flow types (:attr:`FlowSpec.variants`): name → (flow type, options)."""
+    out: dict[str, tuple[str, dict[str, object]]] = {}
+    for name, cls in SPECS.items():
+        for method, options in (cls.variants or {name: {}}).items():
+            out[method] = (name, dict(options))
+    return out
 
 
 def spec_for(flow: str, dim: int, K: int, **options) -> FlowSpec:
@@ -639,13 +709,7 @@ class Flow(nn.Module):
 
     def _check(self, z: Tensor, where: str) -> None:
         check_z(z, self.dim, where)
-        p = next(self.parameters())
-        if z.dtype != p.dtype:
-            raise TypeError(f"{where}: z has dtype {z.dtype} but the flow's parameters are {p.dtype}; "
-                            f"use z.to({p.dtype}) or flow.to({z.dtype})")
-        if z.device != p.device:
-            raise ValueError(f"{where}: z is on {z.device} but the flow is on {p.device}; "
-                             f"use z.to('{p.device}') or flow.to('{z.device}')")
+        check_alike(z, next(self.parameters()), "the flow", "flow", where)
 
     def params(self) -> dict[str, Tensor]:
         """The flow's parameters and buffers by the spec's names."""
@@ -756,5 +820,4 @@ class DiagonalGaussian(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterized samples z = μ + σ·ε (stochastic backpropagation) and their ln q_0(z)."""
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        z = self.mean + torch.exp(self.log_std) * eps
-        return z, normal_log_prob_of_noise(eps, self.log_std)
+        return reparameterize(self.mean, self.log_std, eps)

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from .gaussian import normal_log_prob_of_noise
+from .gaussian import repeat_per_sample, reparameterize
 from .models import DLGM
 
 __all__ = ["posterior_bounds", "refine_locally", "inference_gaps"]
@@ -30,9 +30,8 @@ def _log_q_and_z(model: DLGM, mu: Tensor, log_sigma: Tensor, params: tuple[Tenso
                  ) -> tuple[Tensor, Tensor]:
     """z_K and ln q_K(z_K | x) for noise eps (S, N, D) and per-digit q0 and flow parameters (eq. 7)."""
     S, N, D = eps.shape
-    z0 = mu + log_sigma.exp() * eps
-    log_q0 = normal_log_prob_of_noise(eps, log_sigma)
-    rep = tuple(p.unsqueeze(0).expand(S, *p.shape).reshape(S * N, *p.shape[1:]) for p in params)
+    z0, log_q0 = reparameterize(mu, log_sigma, eps)
+    rep = tuple(repeat_per_sample(p, S) for p in params)
     zK, log_det = model.flow(z0.reshape(S * N, D), rep)
     return zK.reshape(S, N, D), log_q0 - log_det.reshape(S, N)
 

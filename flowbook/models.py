@@ -50,19 +50,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import flows
-from .gaussian import LOG_2PI, normal_log_prob_of_noise
+from .gaussian import LOG_2PI, repeat_per_sample, reparameterize
 from .objectives import free_energy
 
-__all__ = ["DLGMConfig", "FreeEnergyModel", "DLGM", "MultiDLGM", "FLOW_TYPES", "LIKELIHOODS",
+__all__ = ["DLGMConfig", "FreeEnergyModel", "DLGM", "MultiDLGM", "LIKELIHOODS",
            "bernoulli_log_likelihood", "logit_normal_log_likelihood", "standard_normal_log_prob"]
 
-FLOW_TYPES = tuple(flows.SPECS)  # ("planar", "radial", "nice")
 LIKELIHOODS = ("bernoulli", "logit_normal")
 
 
 @dataclass(frozen=True)
 class DLGMConfig:
-    """Architecture of one DLGM row. ``flow`` in :data:`FLOW_TYPES`, ``K`` layers (0: no flow).
+    """Architecture of one DLGM row. ``flow`` a key of :data:`flowbook.flows.SPECS`, ``K`` layers (0: no flow).
 
     ``hidden`` and ``window`` describe the maxout layers; ``maxout_units`` says what ``hidden`` counts
     (see the module docstring): ``"pre_activations"`` (hidden/window outputs) or ``"outputs"``.
@@ -82,8 +81,8 @@ class DLGMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.flow not in FLOW_TYPES:
-            raise ValueError(f"DLGMConfig: flow must be one of {FLOW_TYPES}, got {self.flow!r}")
+        if self.flow not in flows.SPECS:
+            raise ValueError(f"DLGMConfig: flow must be one of {tuple(flows.SPECS)}, got {self.flow!r}")
         if self.K < 0:
             raise ValueError(f"DLGMConfig: K must be ≥ 0, got {self.K}")
         if self.likelihood not in LIKELIHOODS:
@@ -176,10 +175,9 @@ class FreeEnergyModel(nn.Module):
         """Per-example ln q0(z0), log-det, ln p(x | z_K) and ln p(z_K) for z0 = μ + σ ε."""
         h = self.encode(x)
         mu, log_sigma = self.q0(h)
-        eps = eps.expand_as(mu)
-        z0 = mu + torch.exp(log_sigma) * eps
+        z0, log_q0 = reparameterize(mu, log_sigma, eps.expand_as(mu))
         zK, log_det = self.amortized_flow(z0, h)
-        return {"log_q0": normal_log_prob_of_noise(eps, log_sigma), "log_det": log_det,
+        return {"log_q0": log_q0, "log_det": log_det,
                 "log_lik": self.log_likelihood(x, self.decode(zK)), "log_prior": standard_normal_log_prob(zK)}
 
     def loss(self, x: Tensor, eps: Tensor, beta: float = 1.0) -> Tensor:
@@ -311,9 +309,8 @@ class DLGM(AmortizedFlow, FreeEnergyModel):
         params = self.flow_params(h)
         B, D = mu.shape
         eps = torch.randn(n, B, D, generator=generator, device=x.device, dtype=x.dtype)
-        z0 = mu + torch.exp(log_sigma) * eps
-        log_q0 = normal_log_prob_of_noise(eps, log_sigma)
-        rep = tuple(p.unsqueeze(0).expand(n, *p.shape).reshape(n * B, *p.shape[1:]) for p in params)
+        z0, log_q0 = reparameterize(mu, log_sigma, eps)
+        rep = tuple(repeat_per_sample(p, n) for p in params)
         zK, log_det = self.flow(z0.reshape(n * B, D), rep)
         return z0, zK.reshape(n, B, D), log_q0 - log_det.reshape(n, B)
 

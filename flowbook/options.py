@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .results import ensure_writable_dir
+from .results import require_writable_dir
 
 __all__ = ["OptionError", "MAX_K", "MAX_SEED", "MAX_HIDDEN", "run_main", "default_mode",
            "check_int", "check_float", "check_device", "check_label", "check_data_root",
@@ -142,11 +142,8 @@ def check_writable_dir(option: str, directory: str | Path) -> None:
     """Create ``directory`` if missing and check that a file can be written there, so that a long run
     does not end with a result or checkpoint it cannot save."""
     directory = Path(directory)
-    try:
-        ensure_writable_dir(directory)
-    except OSError as err:
-        raise OptionError(f"{option} {directory}: cannot write there ({err.strerror or err}); "
-                          "fix its permissions or choose another directory") from err
+    require_writable_dir(directory, OptionError, f"{option} {directory}: cannot write there",
+                         "fix its permissions or choose another directory")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, modes: Iterable[str], ckpt_dir: str,

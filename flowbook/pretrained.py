@@ -36,9 +36,10 @@ import torch
 from . import store
 from .models import DLGM, DLGMConfig
 from .results import REPO_ROOT, load_result
+from .runid import row_name, run_name, run_prefix
 from .store import StoreError
 
-__all__ = ["WEIGHTS_DIR", "FORMAT", "DATA_DIMS", "weights_name", "save", "load", "load_file", "round_like_saved",
+__all__ = ["WEIGHTS_DIR", "FORMAT", "DATA_DIMS", "save", "load", "load_file", "round_like_saved",
            "check_result", "stored_results"]
 
 WEIGHTS_DIR = REPO_ROOT / "data" / "weights"
@@ -47,22 +48,6 @@ FORMAT = "flowbook-dlgm-weights-1"
 DATA_DIMS = {"mnist": 784, "cifar10": 192}
 #: The numbers every evaluation of a stored row holds (:func:`flowbook.results.evaluation` reads them).
 _METRICS = ("neg_elbo", "neg_log_p", "points", "samples")
-
-
-def _variant(protocol: str, label: str | None) -> str:
-    # the one naming rule of a variant: its label follows the protocol (stored_updates120k)
-    return f"{protocol}_{label}" if label else protocol
-
-
-def weights_name(dataset: str, flow: str, K: int, protocol: str = "stored", label: str | None = None) -> str:
-    """``mnist_stored_planar_K80``, ``mnist_stored_diagonal`` (K = 0) or ``cifar10_stored_K10`` (CIFAR-10's
-    rows are all planar); a variant's label follows the protocol (``mnist_stored_updates120k_planar_K80``).
-    The result JSON has the same name."""
-    protocol = _variant(protocol, label)
-    if dataset == "cifar10":
-        return f"cifar10_{protocol}_K{K}"
-    row = "diagonal" if K == 0 else f"{flow}_K{K}"
-    return f"{dataset}_{protocol}_{row}"
 
 
 def _hint(path: Path) -> str:
@@ -140,7 +125,7 @@ def _check_metrics(path: Path, where: str, metrics: Any) -> None:
 def check_result(record: dict[str, Any], path: str | Path, **asked: Any) -> dict[str, Any]:
     """The identity of a stored row's result ``record`` read from ``path``: {dataset, flow, K, protocol,
     label, updates, updates_done, name}, after checking that the record is well formed, that its name is
-    the file's and the one its content implies (:func:`weights_name`), and that it is what was ``asked``
+    the file's and the one its content implies (:func:`flowbook.runid.run_name`), and that it is what was ``asked``
     (any of ``dataset``, ``flow``, ``K``, ``protocol``, ``label``; a K = 0 row is any flow's). Raises
     :class:`flowbook.store.StoreError` otherwise."""
     path = Path(path)
@@ -159,7 +144,7 @@ def check_result(record: dict[str, Any], path: str | Path, **asked: Any) -> dict
     if bad:
         raise _fail(path, f"the record does not say which row it is ({', '.join(bad)}; from config.model "
                           "data_dim, flow, K; config.train mode, label, updates; config.updates_done)")
-    ident["name"] = weights_name(ident["dataset"], ident["flow"], ident["K"], ident["protocol"], ident["label"])
+    ident["name"] = run_name(ident["dataset"], ident["flow"], ident["K"], ident["protocol"], ident["label"])
     if not (ident["name"] == path.stem == record.get("name")):
         raise _fail(path, f"its content is the run {ident['name']} (name field {record.get('name')!r}), "
                           f"not {path.stem}")
@@ -223,7 +208,7 @@ def load_file(path: str | Path, device: str | torch.device = "cpu", dtype: torch
                           + ", ".join(f"{k} ({config.get(k)!r} here, {expected_config.get(k)!r} there)" for k in diff))
     c = model.config
     dataset = next((d for d, dim in DATA_DIMS.items() if dim == c.data_dim), None)
-    row = f"K{c.K}" if dataset == "cifar10" else ("diagonal" if c.K == 0 else f"{c.flow}_K{c.K}")
+    row = row_name(c.flow, c.K)
     if dataset is None or not (path.stem.startswith(f"{dataset}_") and path.stem.endswith(f"_{row}")):
         raise _fail(path, f"its config is a {dataset or f'data_dim {c.data_dim}'} model with flow {c.flow}, "
                           f"K = {c.K} (a file named {dataset or 'DATASET'}_..._{row}.pt), not {path.stem}")
@@ -266,7 +251,7 @@ def load(flow: str, K: int, dataset: str = "mnist", protocol: str = "stored", *,
     The stored row comes through :mod:`flowbook.store` with its result, and is checked against both (see
     the module docstring). With ``directory``, the file ``<directory>/<name>.pt`` is read instead and
     checked by :func:`load_file` (its name, shapes and values; there is no result to compare with)."""
-    name = weights_name(dataset, flow, K, protocol, label)
+    name = run_name(dataset, flow, K, protocol, label)
     if directory is not None:
         return load_file(Path(directory) / f"{name}.pt", device, dtype)
     result_path, weights_path = _stored_pair(name, dataset)
@@ -289,7 +274,7 @@ def stored_results(dataset: str = "mnist", protocol: str = "stored", directory: 
     The rows are the results the store's manifest lists (or, with ``directory``, that folder's
     ``<name>.json`` files); each is checked by :func:`check_result`, and inside a clone the row's local
     weights file must match the manifest too, so a stray or copied file is refused, never a row."""
-    prefix = f"{dataset}_{_variant(protocol, label)}_"
+    prefix = run_prefix(dataset, protocol, label)
     if directory is None:
         paths = [store.path(rel) for rel in store.listed(f"data/results/{prefix}") if rel.endswith(".json")]
     else:

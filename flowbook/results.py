@@ -73,6 +73,15 @@ def ensure_writable_dir(directory: Path | str) -> Path:
     return directory
 
 
+def require_writable_dir(directory: Path | str, error: type[Exception], what: str, fix: str) -> Path:
+    """:func:`ensure_writable_dir`, its OSError raised again as ``error`` saying ``what`` failed, why, and
+    the ``fix``."""
+    try:
+        return ensure_writable_dir(directory)
+    except OSError as err:
+        raise error(f"{what} ({err.strerror or err}); {fix}") from err
+
+
 def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], wall_time_s: float,
                 device: torch.device | str, command: str | None = None,
                 directory: Path | str | None = None) -> Path:

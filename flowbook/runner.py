@@ -2,11 +2,11 @@
 resumption, exit statuses), and the results (provenance, no silent overwrite; for the DLGMs also float16
 weights and the test-set evaluation).
 
-An experiment is a configuration of it (:class:`RunConfig`): a :class:`flowbook.train.TrainConfig`
+An experiment is a configuration of it (:class:`~flowbook.runid.RunConfig`): a :class:`flowbook.train.TrainConfig`
 (binarized MNIST, Table 2), its subclass :class:`flowbook.cifar.CifarConfig` (CIFAR-10 patches, Table 3)
 or a :class:`flowbook.experiments2d.FitConfig` (the 2-D energies, Figure 3) says how its files are named
-(:meth:`~flowbook.train.TrainConfig.result_name`, :meth:`~RunConfig.checkpoint_stem`) and which of a
-stored result's fields trained it (:meth:`~RunConfig.trained_config`). A DLGM configuration also gives
+(:meth:`~flowbook.train.TrainConfig.result_name`, :meth:`~flowbook.runid.RunConfig.checkpoint_stem`) and which of a
+stored result's fields trained it (:meth:`~flowbook.runid.RunConfig.trained_config`). A DLGM configuration also gives
 the data it trains and is tested on and how a row is evaluated
 (:meth:`~flowbook.train.TrainConfig.row_metrics`, the paper's §6.2 protocol); its training is Algorithm 1
 in :func:`flowbook.train.train`, the 2-D fits' is :func:`flowbook.experiments2d.train`. Checkpoints are
@@ -21,7 +21,6 @@ command again to resume). Nothing stored is replaced without ``--overwrite`` (:f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -30,37 +29,22 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint, training_fields
+from . import pretrained
+from .checkpoints import CheckpointError, find_checkpoint, first_line, load_checkpoint
 from .evaluation import points_file_name, save_point_values
 from .results import add_evaluation, describe_device, name_lock, save_result
+from .runid import RunConfig, config_digest
 
 if TYPE_CHECKING:  # flowbook.train imports this module
     from .train import Run, TrainConfig
 
-__all__ = ["RunConfig", "pick_device", "config_digest", "refuse_overwrite", "stored_rows", "write_result",
+__all__ = ["pick_device", "refuse_overwrite", "stored_rows", "write_result",
            "command_line", "train_command", "needs_evaluation", "load_finished_run", "finish"]
-
-
-class RunConfig(Protocol):
-    """What the runner needs of an experiment's configuration (a frozen dataclass whose fields are
-    everything its result depends on)."""
-
-    def digest(self) -> str:
-        """:func:`config_digest` of the fields: a checkpoint or stored result belongs to this run only if
-        its digest is this."""
-
-    def checkpoint_stem(self) -> str:
-        """The checkpoint's name before its digest, e.g. ``mnist_stored_planar80``."""
-
-    @staticmethod
-    def trained_config(result_config: dict) -> dict:
-        """The fields of this configuration in a stored result's ``config`` (KeyError or TypeError when
-        they are not there), to compare with :meth:`digest`."""
 
 
 def pick_device(name: str | None = "auto") -> torch.device:
@@ -69,12 +53,6 @@ def pick_device(name: str | None = "auto") -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def config_digest(config: dict) -> str:
-    """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
-    the first 12 hex digits of the sha256 of the JSON of its :func:`~flowbook.checkpoints.training_fields`."""
-    return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: str = "--label") -> None:
@@ -93,7 +71,7 @@ def refuse_overwrite(path: Path, cfg: RunConfig, overwrite: bool, name_option: s
 
 
 def _this_configurations(path: Path, cfg: RunConfig) -> dict | None:
-    """The stored result at ``path`` when :meth:`~RunConfig.trained_config` of it is ``cfg`` (a finished
+    """The stored result at ``path`` when :meth:`~flowbook.runid.RunConfig.trained_config` of it is ``cfg`` (a finished
     run of this configuration: only finished runs write results), else None (absent, unreadable, other)."""
     try:
         record = json.loads(path.read_text())
@@ -142,7 +120,7 @@ def write_result(name: str, cfg: RunConfig, *, out_dir: str | Path, config: dict
     commit, device, date, wall time, ``config``), unless it holds a result of another configuration
     (:func:`refuse_overwrite`, FileExistsError, suggesting ``name_option``); returns its path. The check
     and the write happen under the name's :func:`~flowbook.results.name_lock`. ``config`` must hold
-    ``cfg``'s fields where :meth:`~RunConfig.trained_config` looks for them, so that the next run
+    ``cfg``'s fields where :meth:`~flowbook.runid.RunConfig.trained_config` looks for them, so that the next run
     recognizes the file."""
     with name_lock(out_dir, name):
         refuse_overwrite(Path(out_dir) / f"{name}.json", cfg, overwrite, name_option)
@@ -248,11 +226,11 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
     """Evaluate every row of a finished run on the test set and write one result JSON per row.
 
     Each row is evaluated with its best-validation parameters when the run validated
-    (:meth:`flowbook.train.Run.final_rows`). With ``weights_dir``, the row's parameters are rounded to
-    float16 first (:func:`flowbook.pretrained.round_like_saved`) and saved there with the result, so the
-    result describes exactly the saved weights. ``x_test`` defaults to the config's test set; its first
-    ``eval_points`` are used. Returns {row name: metrics}. A result's config holds the training config,
-    the row's model config, the data used, the planar implementation, and the training and validation logs.
+    (:meth:`flowbook.train.Run.final_rows`); with ``weights_dir``, rounded to float16 first
+    (:func:`flowbook.pretrained.round_like_saved`) and saved there, so the result describes exactly the
+    saved weights. ``x_test`` (default: the config's test set) is cut to ``eval_points``. Returns {row name:
+    metrics}. A result's config holds the training and model configs, the data, the implementation the
+    row's flow ran, and the training and validation logs.
 
     Nothing stored is replaced without ``overwrite``: a row whose result or weights belong to another run
     is refused (:func:`stored_rows`, FileExistsError) before anything is evaluated, and again under the
@@ -262,37 +240,18 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
     (:func:`needs_evaluation`) is appended to its result (:func:`flowbook.results.add_evaluation`). Each
     row's weights and result are written as a pair: if writing fails, every file this call wrote is
     restored to what it was."""
-    from . import pretrained
-
     cfg = run.config
     names = [cfg.result_name(flow, K) for flow, K in cfg.rows]
     if weights_dir is not None and out_dir is None:
         raise ValueError("weights are saved only with their result: give out_dir with weights_dir")
     stored = stored_rows(cfg, out_dir, weights_dir, overwrite) if out_dir is not None else dict.fromkeys(names)
-    if x_test is None:
-        x_test = cfg.test_data()
-    x_test = x_test[:cfg.eval_points]
+    x_test = (cfg.test_data() if x_test is None else x_test)[:cfg.eval_points]
     data = cfg.data_record()
-    out, evaluated = {}, []
-    for r, (row, name) in enumerate(zip(run.final_rows(), names)):
-        if stored[name] is not None and not (add_evaluations and needs_evaluation(stored[name], cfg)):
-            out[name] = stored[name]["metrics"]
-            continue
-        best = run.best[r] if r < len(run.best) else None
-        if weights_dir is not None:
-            pretrained.round_like_saved(row)
-        t0 = time.perf_counter()
-        metrics = cfg.row_metrics(row, x_test, progress=progress)
-        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        per_point = metrics.pop("per_point", None)  # written with the result, below
-        metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
-        if best is not None:
-            metrics["best_valid_free_energy"] = best["free_energy"]
-        out[name] = metrics
-        evaluated.append((r, row, name, metrics, per_point))
+    out, evaluated = _evaluate_rows(run, names, stored, x_test, rounded=weights_dir is not None, progress=progress,
+                                    add_evaluations=add_evaluations)
     if out_dir is None or not evaluated:
         return out
-    weights_of = {name: f"data/weights/{name}.pt" if weights_dir is not None else None for name in names}
+    weights_of = dict.fromkeys(names) if weights_dir is None else {name: f"data/weights/{name}.pt" for name in names}
     with ExitStack() as locks:
         for name in sorted(names):  # one order for every process: two runs never wait for each other
             locks.enter_context(name_lock(out_dir, name))
@@ -300,20 +259,17 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
         written: list[tuple[Path, bytes | None]] = []
         try:
             for r, row, name, metrics, per_point in evaluated:
-                result = Path(out_dir) / f"{name}.json"
                 twin = stored[name] is not None  # this configuration's row: stored before, or by a twin meanwhile
                 if twin and not (add_evaluations and needs_evaluation(stored[name], cfg)):
                     continue
-                files = [] if twin else [result] + ([Path(weights_dir) / f"{name}.pt"] if weights_dir else [])
-                if per_point is not None:  # each test point's values, beside the result (seed: evaluate's)
-                    files.append(Path(out_dir) / points_file_name(name, metrics["samples"], metrics["points"], 1234))
+                files = _row_files(name, twin, out_dir, weights_dir, metrics if per_point is not None else None)
                 written += [(path, path.read_bytes() if path.exists() else None) for path in files]
                 if per_point is not None:
                     metrics["points_file"] = save_point_values(out_dir, name, metrics["samples"], 1234, **per_point)
-                if twin:
-                    add_evaluation(result, {**metrics, "seed": 1234, "weights": weights_of[name], **data,
-                                            "torch_threads": torch.get_num_threads()},
-                                   device=device, command=command)
+                entry = {**metrics, "seed": 1234, "weights": weights_of[name], **data,
+                         "torch_threads": torch.get_num_threads()}
+                if twin:  # this configuration's row, stored already: only the evaluation is added
+                    add_evaluation(Path(out_dir) / f"{name}.json", entry, device=device, command=command)
                     continue
                 if weights_dir is not None:
                     pretrained.save(row, name, weights_dir)
@@ -324,6 +280,45 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
             _restore(written)
             raise
     return out
+
+
+def _row_files(name: str, twin: bool, out_dir: str | Path, weights_dir: str | Path | None,
+               points_of: dict[str, Any] | None) -> list[Path]:
+    """The files :func:`finish` writes for row ``name``: its result and weights (not for a ``twin``, a row
+    already stored, which only gains an evaluation) and, given the metrics ``points_of``, the file of each
+    test point's values beside the result (seed: evaluate's)."""
+    files = [] if twin else [Path(out_dir) / f"{name}.json"]
+    if weights_dir is not None and not twin:
+        files.append(Path(weights_dir) / f"{name}.pt")
+    if points_of is not None:
+        files.append(Path(out_dir) / points_file_name(name, points_of["samples"], points_of["points"], 1234))
+    return files
+
+
+def _evaluate_rows(run: Run, names: list[str], stored: dict[str, dict | None], x_test: Tensor, *, rounded: bool,
+                   progress: bool | None, add_evaluations: bool) -> tuple[dict[str, dict[str, Any]], list[tuple]]:
+    """:func:`finish`'s evaluations: {name: metrics} of every row (a stored row's own, unless it needs an
+    evaluation added), and (r, row, name, metrics, per-point values) of each row evaluated here; with
+    ``rounded``, a row is rounded to its saved float16 weights first."""
+    cfg = run.config
+    out, evaluated = {}, []
+    for r, (row, name) in enumerate(zip(run.final_rows(), names)):
+        if stored[name] is not None and not (add_evaluations and needs_evaluation(stored[name], cfg)):
+            out[name] = stored[name]["metrics"]
+            continue
+        best = run.best[r] if r < len(run.best) else None
+        if rounded:
+            pretrained.round_like_saved(row)
+        t0 = time.perf_counter()
+        metrics = cfg.row_metrics(row, x_test, progress=progress)
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        per_point = metrics.pop("per_point", None)  # written with the result, by finish
+        metrics["final_train_free_energy"] = run.log[-1]["free_energy"][r] if run.log else None
+        if best is not None:
+            metrics["best_valid_free_energy"] = best["free_energy"]
+        out[name] = metrics
+        evaluated.append((r, row, name, metrics, per_point))
+    return out, evaluated
 
 
 def _restore(written: list[tuple[Path, bytes | None]]) -> None:
@@ -340,13 +335,16 @@ def _restore(written: list[tuple[Path, bytes | None]]) -> None:
 def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torch.device,
                    weights: str | None) -> dict[str, Any]:
     """The ``config`` of row r's result: what trained it, on what, with which code, and its logs."""
-    from .flows import planar_impl
+    from .models import DLGMConfig
     from .train import stage_chain
 
     cfg = run.config
     best = run.best[r] if r < len(run.best) else None
-    return {"train": asdict(cfg), "model": model, **data,
-            "planar_impl": planar_impl(device, cfg.dtype),
+    row = DLGMConfig(**model)
+    # what ran this row's flow (a diagonal row has none); planar rows keep the key they always had
+    impl = row.flow_spec().implementation(device, cfg.dtype) if row.K else "none (diagonal Gaussian: no flow)"
+    return {"train": asdict(cfg), "model": model, **data, "flow_impl": impl,
+            **({"planar_impl": impl} if row.K and row.flow == "planar" else {}),
             "updates_done": run.step, "rows_trained_together": len(cfg.rows),
             "train_seconds": round(run.train_seconds, 3),
             "evaluated_at_update": best["step"] if best is not None else run.step,

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,7 +40,8 @@ from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpo
 from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
-from .runner import config_digest
+from .loop import run_updates
+from .runid import config_digest, run_name
 
 __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
            "train", "evaluate", "Run", "validation_free_energy", "Averager", "continuation", "stage_chain", "start_from_weights", "file_sha256"]
@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "bu
 class TrainConfig:
     """Everything that determines a run's result (it is stored in every checkpoint and result).
 
-    It is also binarized MNIST's configuration of the runner (:class:`flowbook.runner.RunConfig`): its
+    It is also binarized MNIST's configuration of the runner (:class:`flowbook.runid.RunConfig`): its
     methods name the files and give the data and the evaluation of Table 2;
     :class:`flowbook.cifar.CifarConfig` overrides them for Table 3. Methods are not fields, so they never
     change :meth:`digest`."""
@@ -86,8 +86,13 @@ class TrainConfig:
     fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
 
     def model_configs(self) -> list[DLGMConfig]:
-        return [DLGMConfig(flow=f, K=k, hidden=self.hidden, maxout_units=self.maxout_units,  # type: ignore[arg-type]
-                           likelihood=self.likelihood, seed=self.seed) for f, k in self.rows]  # type: ignore[arg-type]
+        """One :class:`~flowbook.models.DLGMConfig` per row: its flow and K with :meth:`model_fields`."""
+        return [DLGMConfig(flow=f, K=k, **self.model_fields()) for f, k in self.rows]
+
+    def model_fields(self) -> dict[str, Any]:
+        """The :class:`~flowbook.models.DLGMConfig` fields this configuration sets for every row."""
+        return {"hidden": self.hidden, "maxout_units": self.maxout_units, "likelihood": self.likelihood,
+                "seed": self.seed}
 
     def digest(self) -> str:
         """A short hash of what training depends on: a checkpoint resumes only the run it belongs to
@@ -123,9 +128,7 @@ class TrainConfig:
     def result_name(self, flow: str, K: int) -> str:
         """The result (and weights) name of one row, e.g. ``mnist_full_planar_K80`` (K = 0:
         ``mnist_full_diagonal``)."""
-        label = f"_{self.label.replace(' ', '-')}" if self.label else ""
-        what = "diagonal" if K == 0 else f"{flow}_K{K}"
-        return f"mnist_{self.mode}{label}_{what}"
+        return run_name("mnist", flow, K, self.mode, self.label)
 
     def training_data(self) -> Tensor:
         """Binarized MNIST's 50 000 training digits."""
@@ -267,10 +270,9 @@ def continuation(flow: str, K: int, label: str) -> dict[str, Any]:
     protocol variant ``label`` (e.g. ``"updates120k"``) from its committed weights: the file and its
     sha256, the updates the row has had so far, and β = 1 from the first update (the row was annealed in
     its first stage). Raises ValueError naming the file when the row is not stored or not finished."""
-    from .pretrained import weights_name
     from .results import REPO_ROOT, load_result
 
-    name = weights_name("mnist", flow, K, "stored", label)
+    name = run_name("mnist", flow, K, "stored", label)
     weights, result = f"data/weights/{name}.pt", REPO_ROOT / "data" / "results" / f"{name}.json"
     if not (REPO_ROOT / weights).is_file() or not result.is_file():
         raise ValueError(f"--continue-from {label}: no stored row {name} (its weights {weights} and result "
@@ -456,7 +458,8 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         acc.copy_(state["log_acc"])
         acc_n = state["log_acc_n"]
 
-    def checkpoint() -> None:
+    def checkpoint(done: int, seconds: float) -> None:
+        run.train_seconds = seconds
         if path is None:
             return
         # never save a diverged state: a resume would start from it and diverge again
@@ -491,9 +494,9 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
     bar = tqdm(total=cfg.updates, initial=run.step, disable=not progress, desc="train", unit="upd",
                dynamic_ncols=True)
     cache: dict = {}
-    t0 = time.perf_counter()
-    seconds_before = run.train_seconds
-    while run.step < end:
+
+    def update(t: int) -> None:
+        nonlocal acc, acc_n
         x = _batch_for_update(x_train, cfg.updates_before + run.step, cfg, cache)  # the chain's epochs go on
         eps = torch.randn(x.shape[0], D, generator=noise, device=device, dtype=dtype)
         beta = beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup)
@@ -523,12 +526,9 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
                 and beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup) >= 1.0:
             validate()
         bar.update(1)
-        run.train_seconds = seconds_before + time.perf_counter() - t0
-        out_of_time = max_minutes is not None and run.train_seconds - seconds_before > 60 * max_minutes
-        if run.step % ckpt_every == 0 or run.step == end or out_of_time:
-            checkpoint()
-        if out_of_time:
-            break
+
+    _, run.train_seconds = run_updates(run.step, end, update, checkpoint, every=ckpt_every, max_minutes=max_minutes,
+                                       seconds_before=run.train_seconds)
     bar.close()
     return run
 

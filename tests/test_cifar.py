@@ -102,7 +102,7 @@ def test_tiny_run_trains_evaluates_and_saves(tmp_path):
     for K, m in metrics.items():
         assert math.isfinite(m["neg_log_p"]) and m["neg_log_p"] <= m["neg_elbo"] + 1e-6  # IS is tighter
         assert m["bpd"] == pytest.approx(cifar.bpd_from_nats(m["neg_log_p"]), abs=1e-9)
-        record = json.loads((tmp_path / f"cifar10_fast_K{K}.json").read_text())
+        record = json.loads((tmp_path / f"{cfg.result_name('planar', K)}.json").read_text())
         assert record["metrics"]["neg_log_p"] == pytest.approx(m["neg_log_p"])
         assert record["config"]["model"]["data_dim"] == 192
 
@@ -126,10 +126,10 @@ def _fake_result(directory, name, K, label="", updates_done=cifar.FULL.updates):
 
 
 def test_load_full_results_keeps_only_complete_unlabelled_runs(tmp_path):
-    _fake_result(tmp_path, "cifar10_full_K0", 0)
-    _fake_result(tmp_path, "cifar10_full_dry-run_K2", 2, label="dry-run")
-    _fake_result(tmp_path, "cifar10_full_K5", 5, updates_done=100)
-    _fake_result(tmp_path, "cifar10_fast_K10", 10)
+    _fake_result(tmp_path, "cifar10_full_diagonal", 0)
+    _fake_result(tmp_path, "cifar10_full_dry-run_planar_K2", 2, label="dry-run")
+    _fake_result(tmp_path, "cifar10_full_planar_K5", 5, updates_done=100)
+    _fake_result(tmp_path, "cifar10_fast_planar_K10", 10)
     assert set(cifar.load_full_results(tmp_path)) == {0}
     assert cifar.load_full_results(tmp_path / "empty") == {}
 
@@ -143,7 +143,7 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     except data.DataFileError as err:
         pytest.skip(f"no CIFAR-10 in the data root: {err}")
     assert cifar.main(args) == 0
-    record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_K2.json").read_text())
+    record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_planar_K2.json").read_text())
     assert record["config"]["train"]["optimizer"] == "rmsprop" and record["config"]["updates_done"] == 4
     assert record["config"]["train"]["seed"] == 3 and record["config"]["model"]["seed"] == 3
     assert record["command"].startswith("python -m flowbook.cifar train --mode full")
@@ -196,9 +196,9 @@ def test_cli_refuses_another_configurations_result_before_loading_data(tmp_path,
     monkeypatch.setattr(cifar.fdata, "load_cifar10", lambda *a, **k: pytest.fail("data loaded"))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "cifar10_fast_K2.json").write_text(json.dumps({"config": {"train": {"lr": 9.0}}}))
+    (out / "cifar10_fast_planar_K2.json").write_text(json.dumps({"config": {"train": {"lr": 9.0}}}))
     assert cifar.main(["train", "--K", "0,2", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)]) == 2
-    assert "cifar10_fast_K2.json holds a result of another configuration" in capsys.readouterr().err
+    assert "cifar10_fast_planar_K2.json holds a result of another configuration" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04" + bytes(100)], ids=["empty", "truncated"])

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from flowbook import evaluation, pretrained, results
+from flowbook import evalcli, evaluation, pretrained, results
 from flowbook.evaluation import evaluate_resumable, point_bounds
 from flowbook.models import DLGM, DLGMConfig
 from flowbook.train import evaluate
@@ -108,7 +108,7 @@ def stored_row(tmp_path, monkeypatch):
 
 def test_command_line_adds_the_evaluation_to_the_stored_result(stored_row, capsys):
     argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20", "--state-dir", str(stored_row / "ck")]
-    assert evaluation.main(argv) == 0
+    assert evalcli.main(argv) == 0
     record = json.loads((stored_row / "results" / "mnist_stored_planar_K2.json").read_text())
     (entry,) = record["evaluations"]
     assert entry["samples"] == 4 and entry["points"] == 20 and entry["weights"].endswith("mnist_stored_planar_K2.pt")
@@ -121,11 +121,11 @@ def test_command_line_adds_the_evaluation_to_the_stored_result(stored_row, capsy
     (["mnist_stored_planar_K2", "--samples", "0"], "--samples must be ≥ 1"),
     (["mnist_stored_planar_K2", "--points", "10001"], "--points must be in 1..10000"),
     (["mnist_stored_planar_K2", "--max-minutes", "0"], "--max-minutes must be a finite number > 0"),
-    (["cifar10_stored_K10"], "stored MNIST row"),
+    (["cifar10_stored_planar_K10"], "stored MNIST row"),
     (["mnist_stored_planar_K7"], "no file"),
 ])
 def test_command_line_refuses_bad_input_in_one_line(stored_row, capsys, argv, message):
-    assert evaluation.main(argv) == 2
+    assert evalcli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
@@ -156,11 +156,11 @@ def test_a_hand_edited_state_is_refused_before_any_point_is_evaluated(tmp_path, 
 def test_command_line_is_done_when_the_result_holds_the_evaluation(stored_row, capsys):
     """An evaluation already added is not run again (evaluations are only appended)."""
     argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20", "--state-dir", str(stored_row / "ck")]
-    assert evaluation.main(argv) == 0
+    assert evalcli.main(argv) == 0
     path = stored_row / "results" / "mnist_stored_planar_K2.json"
     before = path.read_bytes()
     capsys.readouterr()
-    assert evaluation.main(argv) == 0
+    assert evalcli.main(argv) == 0
     assert capsys.readouterr().out.startswith(f"done: {path} already holds this evaluation")
     assert path.read_bytes() == before
 
@@ -169,9 +169,9 @@ def test_command_line_names_a_bad_seed(stored_row, capsys):
     """Issue 26, bug 17: a seed that is not a 32-bit integer names --seed (10**23 failed in torch)."""
     argv = ["mnist_stored_planar_K2", "--state-dir", str(stored_row / "ck"), "--seed"]
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main([*argv, "1e23"])  # not an integer: argparse's usage error
+        evalcli.main([*argv, "1e23"])  # not an integer: argparse's usage error
     assert exit_info.value.code == 2 and "argument --seed: invalid int value: '1e23'" in capsys.readouterr().err
-    assert evaluation.main([*argv, str(10**23)]) == 2
+    assert evalcli.main([*argv, str(10**23)]) == 2
     assert "--seed must be in 0..4294967295, got 100000000000000000000000" in capsys.readouterr().err
 
 
@@ -183,7 +183,7 @@ def test_command_line_refuses_a_state_dir_it_cannot_write_before_evaluating(stor
     monkeypatch.setattr(evaluation, "point_bounds", lambda *a: evaluated.append(a) or point_bounds(*a))
     argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20",
             "--state-dir", str(stored_row / "a-file" / "s")]
-    assert evaluation.main(argv) == 2
+    assert evalcli.main(argv) == 2
     err = capsys.readouterr().err
     assert "--state-dir" in err and str(stored_row / "a-file" / "s") in err and len(err.strip().splitlines()) == 1
     assert not evaluated
@@ -196,7 +196,7 @@ def test_command_line_ends_with_one_line_and_status_1_on_a_damaged_dataset(store
     (root / "mnist.npz").write_bytes(b"PK\x03\x04" + bytes(100))
     monkeypatch.setenv("FLOWBOOK_DATA", str(root))
     argv = ["mnist_stored_planar_K2", "--samples", "4", "--points", "20", "--state-dir", str(stored_row / "ck")]
-    assert evaluation.main(argv) == 1
+    assert evalcli.main(argv) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("python -m flowbook evaluate-weights: error: ") and str(root / "mnist.npz") in line
 

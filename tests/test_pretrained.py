@@ -18,6 +18,7 @@ import torch
 from flowbook import data, pretrained, store
 from flowbook.models import DLGM, DLGMConfig
 from flowbook.results import load_result
+from flowbook.runid import run_name
 from flowbook.store import StoreError
 from flowbook.train import evaluate
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_save_then_load_gives_the_rounded_model(tmp_path, flow, K):
     model = DLGM(DLGMConfig(flow=flow, K=K, hidden=16))
     pretrained.round_like_saved(model)
-    path = pretrained.save(model, pretrained.weights_name("mnist", flow, K), tmp_path)
+    path = pretrained.save(model, run_name("mnist", flow, K), tmp_path)
     loaded = pretrained.load_file(path)
     assert loaded.config == model.config
     for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
@@ -66,10 +67,11 @@ def test_missing_and_damaged_files_are_named(tmp_path):
 
 
 def test_names():
-    assert pretrained.weights_name("mnist", "planar", 80) == "mnist_stored_planar_K80"
-    assert pretrained.weights_name("mnist", "nice", 0) == "mnist_stored_diagonal"
-    assert pretrained.weights_name("cifar10", "planar", 5) == "cifar10_stored_K5"
-    assert pretrained.weights_name("mnist", "planar", 80, label="updates120k") == "mnist_stored_updates120k_planar_K80"
+    assert run_name("mnist", "planar", 80) == "mnist_stored_planar_K80"
+    assert run_name("mnist", "nice", 0) == "mnist_stored_diagonal"
+    assert run_name("cifar10", "planar", 5) == "cifar10_stored_planar_K5"
+    assert run_name("cifar10", "radial", 0) == "cifar10_stored_diagonal"
+    assert run_name("mnist", "planar", 80, label="updates120k") == "mnist_stored_updates120k_planar_K80"
 
 
 def test_stored_results_keep_variants_apart():
@@ -175,7 +177,7 @@ def clone(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("source", ["mnist_stored_updates120k_planar_K10", "mnist_stored_updates120k_nice_K80",
-                                    "cifar10_stored_K10"])
+                                    "cifar10_stored_planar_K10"])
 def test_another_rows_weights_under_a_rows_name_are_refused(clone, tmp_path, source):
     """Bug 2: another row's weights copied under the K = 80 row's name (K = 10, a NICE file, the CIFAR-10
     K = 10 file) are refused by load and by stored_results, in the clone (the manifest's SHA-256) and in

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowbook import cifar, pretrained, runner
-from flowbook.checkpoints import (KEYS, LATER_FIELDS, CheckpointError, checkpoint_path, find_checkpoint, legacy_checkpoint_path,
+from flowbook import cifar, pretrained, runid, runner
+from flowbook.checkpoints import (KEYS, CheckpointError, checkpoint_path, find_checkpoint, legacy_checkpoint_path,
                                   load_checkpoint)
 from flowbook.options import OptionError, check_device, check_float, check_int
+from flowbook.runid import LATER_FIELDS
 from flowbook.train import FAST, FULL, STORED, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def test_a_stored_table2_result_is_its_presets_configuration(path: Path) -> None
     if not train["label"]:
         assert varied == {k: getattr(STORED, k) for k in varied}
     cfg = dataclasses.replace(STORED, rows=_rows(record), label=train["label"], **varied)
-    assert runner.config_digest(train) == cfg.digest()
+    assert runid.config_digest(train) == cfg.digest()
     assert cfg.result_name(*cfg.rows[0]) == path.stem
     runner.refuse_overwrite(path, cfg, overwrite=False)  # the same configuration: no --overwrite needed
 
@@ -57,7 +58,7 @@ def test_a_stored_table3_result_is_its_presets_configuration(path: Path) -> None
     record = json.loads(path.read_text())
     # every field is the preset's, the number of updates included
     cfg = dataclasses.replace(cifar.STORED, rows=_rows(record))
-    assert runner.config_digest(record["config"]["train"]) == cfg.digest()
+    assert runid.config_digest(record["config"]["train"]) == cfg.digest()
     assert cfg.result_name(*cfg.rows[0]) == path.stem
     runner.refuse_overwrite(path, cfg, overwrite=False)
 
@@ -133,8 +134,9 @@ def test_a_cifar_run_resumes_from_its_legacy_named_checkpoint(tmp_path: Path) ->
 def test_result_names_are_pinned() -> None:
     assert STORED.result_name("planar", 0) == "mnist_stored_diagonal"
     assert dataclasses.replace(FULL, label="dry run").result_name("nice", 20) == "mnist_full_dry-run_nice_K20"
-    assert cifar.STORED.result_name("planar", 10) == "cifar10_stored_K10"
-    assert dataclasses.replace(cifar.FAST, label="seed0").result_name("planar", 2) == "cifar10_fast_seed0_K2"
+    assert cifar.STORED.result_name("planar", 10) == "cifar10_stored_planar_K10"
+    assert cifar.STORED.result_name("planar", 0) == "cifar10_stored_diagonal"
+    assert dataclasses.replace(cifar.FAST, label="seed0").result_name("planar", 2) == "cifar10_fast_seed0_planar_K2"
 
 
 def _data(n: int = 200) -> torch.Tensor:

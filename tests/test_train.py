@@ -116,7 +116,9 @@ def test_finish_writes_one_result_per_row_with_provenance(tmp_path):
     # the implementation that actually ran (the compiled kernel, or the PyTorch loop and why)
     from flowbook import flows
 
-    assert rec["config"]["planar_impl"] == flows.planar_impl("cpu", "float32")
+    assert rec["config"]["planar_impl"] == rec["config"]["flow_impl"] == flows.planar_impl("cpu", "float32")
+    diagonal = json.loads((tmp_path / "mnist_fast_test_diagonal.json").read_text())["config"]
+    assert diagonal["flow_impl"].startswith("none") and "planar_impl" not in diagonal  # no flow ran there
     assert "planar_kernel" not in rec["config"]
 
 
@@ -310,7 +312,7 @@ def test_the_rate_warms_up_linearly_then_decays_to_its_final_value() -> None:
 
 def test_later_fields_at_their_neutral_value_leave_a_stored_rows_identity_alone() -> None:
     from flowbook.results import load_result
-    from flowbook.runner import config_digest
+    from flowbook.runid import config_digest
 
     stored = load_result(ROOT / "data/results/mnist_stored_updates120k_planar_K80.json")["config"]["train"]
     cfg = dataclasses.replace(train_module.STORED, rows=(("planar", 80),), updates=120_000, label="updates120k")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from flowbook import energies, runner
+from flowbook import energies, flows, runner
 from flowbook.checkpoints import CheckpointError, open_checkpoint
-from flowbook.experiments2d.model import FAST, FULL, METHODS, FitConfig, fit_state, target_potential
+from flowbook.experiments2d.model import FAST, FULL, FitConfig, fit_state, target_potential
 from flowbook.experiments2d.training import CHECKPOINT_KEYS, Checkpointing, run_experiment
 from flowbook.options import (MAX_K, MAX_SEED, OptionError, check_device, check_float, check_int, check_label,
                               check_writable_dir, parse_checked)
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Figure 3 of Rezende & Mohamed (2015), §6.1: the 2-D flow fits")
     parser.add_argument("--mode", choices=("fast", "full"), default="full")
     parser.add_argument("--updates", type=int, default=None, help="override the number of updates")
-    parser.add_argument("--methods", nargs="*", default=None, choices=METHODS,
+    parser.add_argument("--methods", nargs="*", default=None, choices=tuple(flows.variants()),
                         help="fit only these methods (e.g. to run planar/radial and NICE as two processes)")
     parser.add_argument("--Ks", type=int, nargs="*", default=None, help="override the flow lengths")
     parser.add_argument("--targets", nargs="*", default=None, choices=tuple(energies.POTENTIALS),

@@ -4,7 +4,6 @@ independent fits of one flow type with an explicit fit axis, run by the flow typ
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -13,22 +12,23 @@ import torch
 from torch import Tensor, nn
 
 from flowbook import energies, flows
-from flowbook.gaussian import diagonal_normal_log_prob, normal_log_prob_of_noise
-from flowbook.runner import config_digest
+from flowbook.gaussian import diagonal_normal_log_prob, repeat_per_sample, reparameterize
+from flowbook.runid import config_digest
 
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup",
            "build_groups", "fit_state", "fit_from_state"]
 
-METHODS = ("planar", "radial", "nice-orth", "nice-perm")
-#: the flow type (a key of :data:`flowbook.flows.SPECS`) of each method
-FAMILY = {"planar": "planar", "radial": "radial", "nice-orth": "nice", "nice-perm": "nice"}
-
+#: the methods of the flow types built in at import (the default of :attr:`FitConfig.methods`); every
+#: method registered, with its flow type and options, is in :func:`flowbook.flows.variants`
+METHODS = tuple(flows.variants())
+#: the flow type (a key of :data:`flowbook.flows.SPECS`) of each method in :data:`METHODS`
+FAMILY = {m: flow for m, (flow, _) in flows.variants().items()}
 
 @dataclass(frozen=True)
 class FitConfig:
     """Everything that defines one batched experiment (stored with the results as provenance).
 
-    It is the 2-D experiment's configuration of the runner (:class:`flowbook.runner.RunConfig`): its
+    It is the 2-D experiment's configuration of the runner (:class:`flowbook.runid.RunConfig`): its
     methods name the checkpoints and recognize a stored result of the same configuration. Methods are not
     fields, so they never change :meth:`digest`."""
 
@@ -46,9 +46,10 @@ class FitConfig:
     confine_scale: float = energies.CONFINE_SCALE
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
+        known = flows.variants()
+        bad = [m for m in self.methods if m not in known]
         if bad:
-            raise ValueError(f"FitConfig: unknown methods {bad}; choose from {METHODS}")
+            raise ValueError(f"FitConfig: unknown methods {bad}; choose from {tuple(known)}")
         bad = [t for t in self.targets if t not in energies.POTENTIALS]
         if bad:
             raise ValueError(f"FitConfig: unknown targets {bad}; choose from {tuple(energies.POTENTIALS)}")
@@ -57,7 +58,7 @@ class FitConfig:
                              f"updates={self.updates}, samples={self.samples}")
 
     def digest(self) -> str:
-        """:func:`flowbook.runner.config_digest` of the fields (``eval_samples`` left out, as for the DLGMs)."""
+        """:func:`flowbook.runid.config_digest` of the fields (``eval_samples`` left out, as for the DLGMs)."""
         return config_digest(asdict(self))
 
     @staticmethod
@@ -94,13 +95,8 @@ def target_potential(name: str, confine_scale: float = energies.CONFINE_SCALE) -
 Label = tuple[str, str, int]  # (target, method, K)
 
 
-def _permutation_matrices(perm: Tensor) -> Tensor:
-    """(K, D) permutations → (K, D, D) matrices P with P z = z[perm], the same map as indexing."""
-    return torch.eye(perm.shape[-1])[perm]
-
-
 class FitGroup(nn.Module):
-    """Independent fits of one flow type (``planar``, ``radial`` or ``nice``), with a fit axis.
+    """Independent fits of one flow type (a key of :data:`flowbook.flows.SPECS`), with a fit axis.
 
     ``labels[f] = (target, method, K)``, sorted by target so that each target's fits are one slice.
     Parameters carry the fit axis first, then the shapes of the flow type's spec (``spec``,
@@ -110,7 +106,8 @@ class FitGroup(nn.Module):
     (orthogonal or permutation matrices). :meth:`flow` repeats each fit's parameters over its samples
     and runs the spec's forward map once for the whole group, in the per-example (amortized) form.
 
-    Planar and radial fits of different K share one group: layers k ≥ K_f of fit f are made exact
+    Planar and radial fits (types that pad, :attr:`~flowbook.flows.FlowSpec.pads_layers`) of different K
+    share one group: layers k ≥ K_f of fit f are made exact
     identities (:meth:`flowbook.flows.FlowSpec.mask_layers`). This pads the short fits, which costs
     arithmetic but not operations, and on a CPU these fits are bound by the number of operations
     (about 10 µs each), not by arithmetic: one group of 32 layers is cheaper than six groups of
@@ -121,46 +118,41 @@ class FitGroup(nn.Module):
     def __init__(self, family: str, labels: Sequence[Label], nice_hidden: int = 32,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if family not in ("planar", "radial", "nice"):
-            raise ValueError(f"FitGroup: family must be 'planar', 'radial' or 'nice', got {family!r}")
+        if family not in flows.SPECS:
+            raise ValueError(f"FitGroup: family must be one of {tuple(flows.SPECS)}, got {family!r}")
         labels = sorted((str(t), str(m), int(k)) for t, m, k in labels)
         if not labels:
             raise ValueError("FitGroup needs at least one (target, method, K) label")
-        if any(FAMILY[m] != family for _, m, _ in labels):
+        known = flows.variants()
+        if any(known.get(m, ("",))[0] != family for _, m, _ in labels):
             raise ValueError(f"FitGroup({family}): labels {labels} contain methods of another family")
         Ks = [k for _, _, k in labels]
-        if family == "nice" and len(set(Ks)) != 1:
-            raise ValueError(f"FitGroup(nice) holds one K only (build one group per K), got Ks {sorted(set(Ks))}")
+        if not flows.SPECS[family].pads_layers and len(set(Ks)) != 1:
+            raise ValueError(f"FitGroup({family}) holds one K only (build one group per K), got Ks {sorted(set(Ks))}")
         self.family, self.labels, self.K = family, labels, max(Ks)
         n, K = len(labels), self.K
         # the reference planar map (autograd: these fits are small, and its graph is cheap to record);
         # 60 bisection steps in the planar inverse shrink the bracket by 2⁻⁶⁰, far below float32 resolution
-        self.spec = flows.spec_for(family, 2, K, hidden=nice_hidden, impl="autograd", inverse_iters=60)
+        options = {"hidden": nice_hidden, "impl": "autograd", "inverse_iters": 60}
+        self.spec = flows.spec_for(family, 2, K, **options)
+        self.hidden = getattr(self.spec, "hidden", None)
         # slices of the fit axis that belong to each target (labels are sorted by target)
         self.target_slices: dict[str, slice] = {}
         for f, (t, _, _) in enumerate(labels):
             s = self.target_slices.get(t)
             self.target_slices[t] = slice(f if s is None else s.start, f + 1)
         self.register_buffer("layer_mask", (torch.arange(K)[None, :] < torch.tensor(Ks)[:, None]).float())
-        g = generator
         self.mean = nn.Parameter(torch.zeros(n, 2))
         self.log_std = nn.Parameter(torch.zeros(n, 2))
-        if family == "planar":
-            # planar fits start at random (not at the identity), at the scale of flows.Planar's 1/√D
-            bound = 1.0 / math.sqrt(2.0)
-            self.u = nn.Parameter((torch.rand(n, K, 2, generator=g) * 2 - 1) * bound)
-            self.w = nn.Parameter((torch.rand(n, K, 2, generator=g) * 2 - 1) * bound)
-            self.b = nn.Parameter(torch.zeros(n, K))
-            return
-        if family == "nice":
-            self.hidden = nice_hidden
-            mixings = []
+        if self.spec.buffers:
+            # each fit's fixed tensors (e.g. NICE's mixings), drawn with its method's options
+            drawn = []
             for _, method, _ in labels:
-                kind = "orth" if method == "nice-orth" else "perm"
-                m = flows.random_mixing(2, K, kind, generator=g)
-                mixings.append(m if kind == "orth" else _permutation_matrices(m))
-            self.register_buffer("mixing", torch.stack(mixings))  # (F, K, 2, 2)
-        for name, value in self.spec.identity(batch=(n,), generator=g).items():
+                own = flows.spec_for(family, 2, K, **{**options, **known[method][1]})
+                drawn.append(own.matrix_buffers(own.draw_buffers(generator)))
+            for name in self.spec.buffers:
+                self.register_buffer(name, torch.stack([d[name] for d in drawn]))
+        for name, value in self.spec.free_start(batch=(n,), generator=generator).items():
             setattr(self, name, nn.Parameter(value))
 
     @property
@@ -178,24 +170,20 @@ class FitGroup(nn.Module):
         K = self.labels[f][2]
         return {n: p[f, :K] for n, p in self.params().items()}
 
-    def _per_example(self, p: Tensor, n: int) -> Tensor:
-        """(F, K, …) per-fit parameters → (F·n, K, …): the amortized form, one copy per sample."""
-        return p.unsqueeze(1).expand(p.shape[0], n, *p.shape[1:]).reshape(p.shape[0] * n, *p.shape[1:])
-
     # -- the flow of every fit at once ------------------------------------------------------------
     def flow(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Apply every fit's layers to its own samples: z (F, n, 2) → (z_K (F, n, 2), log_det (F, n))."""
         F_, n, _ = z.shape
         params = self.spec.mask_layers(self.params(), self.layer_mask)
-        per_example = {k: self._per_example(p, n) for k, p in params.items()}
+        # (F, K, …) per-fit parameters → (F·n, K, …), one copy per sample: the amortized form
+        per_example = {k: repeat_per_sample(p, n, samples_first=False) for k, p in params.items()}
         out, log_det = self.spec.forward(z.reshape(F_ * n, 2), per_example)
         return out.reshape(F_, n, 2), log_det.reshape(F_, n)
 
     def base_sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterized z0 = μ + σ·ε of shape (F, n, 2) and ln q0(z0) of shape (F, n)."""
         eps = torch.randn(self.n_fits, n, 2, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        z = self.mean[:, None] + torch.exp(self.log_std)[:, None] * eps
-        return z, normal_log_prob_of_noise(eps, self.log_std[:, None])
+        return reparameterize(self.mean[:, None], self.log_std[:, None], eps)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """z_K ~ q_K, shape (F, n, 2), and ln q_K(z_K) = ln q0(z0) − log_det (eq. 7), shape (F, n)."""
@@ -207,9 +195,9 @@ class FitGroup(nn.Module):
     def sample_fit(self, f: int, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n samples of fit f alone: z_K (n, 2) and ln q_K(z_K) (n,)."""
         eps = torch.randn(n, 2, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        z0 = self.mean[f] + torch.exp(self.log_std[f]) * eps
+        z0, log_q0 = reparameterize(self.mean[f], self.log_std[f], eps)
         zK, log_det = self.spec.forward(z0, self.fit_params(f))
-        return zK, normal_log_prob_of_noise(eps, self.log_std[f]) - log_det
+        return zK, log_q0 - log_det
 
     def log_prob_fit(self, f: int, y: Tensor) -> Tensor:
         """ln q_K(y) of fit f at points y (n, 2), through the inverse flow: ln q0(f⁻¹(y)) + ln|det ∂f⁻¹/∂y|."""
@@ -218,7 +206,8 @@ class FitGroup(nn.Module):
 
 
 def build_groups(config: FitConfig, extra: Sequence[Label] = ()) -> list[FitGroup]:
-    """The groups of ``config``: one planar and one radial group over every K, one NICE group per K.
+    """The groups of ``config``, by flow type in the order of :data:`flowbook.flows.SPECS`: one group over
+    every K of a type that pads its layers (planar, radial), one group per K of one that does not (NICE).
 
     ``extra`` adds planar fits, e.g. ``("U2_raw", "planar", 8)`` for the unconfined target.
     """
@@ -226,14 +215,13 @@ def build_groups(config: FitConfig, extra: Sequence[Label] = ()) -> list[FitGrou
     labels = [(t, m, K) for m in config.methods for K in config.Ks for t in config.targets]
     labels += list(extra)
     groups = []
-    for family in ("planar", "radial"):
-        mine = [lab for lab in labels if FAMILY[lab[1]] == family]
-        if mine:
-            groups.append(FitGroup(family, mine, config.nice_hidden, gen))
-    for K in config.Ks:
-        mine = [lab for lab in labels if FAMILY[lab[1]] == "nice" and lab[2] == K]
-        if mine:
-            groups.append(FitGroup("nice", mine, config.nice_hidden, gen))
+    for family, cls in flows.SPECS.items():
+        mine = [lab for lab in labels if flows.variants()[lab[1]][0] == family]
+        # a type that pads its layers fits every K in one group; one that does not, one group per K
+        for K in ([None] if cls.pads_layers else config.Ks):
+            part = [lab for lab in mine if K is None or lab[2] == K]
+            if part:
+                groups.append(FitGroup(family, part, config.nice_hidden, gen))
     return groups
 
 
@@ -256,7 +244,7 @@ def fit_state(group: FitGroup, f: int, digits: int = 7) -> dict[str, Any]:
 
 def fit_from_state(state: dict[str, Any]) -> FitGroup:
     """Rebuild a one-fit :class:`FitGroup` from :func:`fit_state` (to draw stored full-mode fits)."""
-    family = FAMILY[state["method"]]
+    family = flows.variants()[state["method"]][0]
     g = FitGroup(family, [(state["target"], state["method"], state["K"])], state.get("hidden") or 32)
     with torch.no_grad():
         g.mean.copy_(torch.tensor(state["mean"]))

@@ -21,6 +21,7 @@ from torch import Tensor
 from flowbook import energies
 from flowbook.checkpoints import RESTART_HINT, CheckpointError, first_line, save_atomic
 from flowbook.experiments2d.model import FitConfig, FitGroup, build_groups, target_potential
+from flowbook.loop import run_updates
 from flowbook.objectives import beta_schedule, free_energy
 
 __all__ = ["CHECKPOINT_KEYS", "Checkpointing", "annealed_free_energy", "train", "evaluate", "log_density_grid",
@@ -95,26 +96,15 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
         ``train_seconds`` (summed over resumed pieces).
     """
     potentials = {t: target_potential(t, config.confine_scale) for g in groups for t in g.target_slices}
-    params = [p for g in groups for p in g.parameters()]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    decay = (config.lr_final / config.lr) ** (1.0 / max(config.updates - 1, 1))
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
-    gen = torch.Generator(device=params[0].device).manual_seed(config.seed + 1)
+    opt, sched, gen = _optimizer(groups, config)
     history = {} if history is None else history
-    history.update({"step": [], "beta": [], "F": [[] for _ in groups], "mean": [[] for _ in groups],
-                    "std": [[] for _ in groups]})
-    first, seconds_before = 0, 0.0
-    if resume is not None:
-        _restore(resume, groups, opt, sched, gen, checkpointing)
-        history.clear()
-        history.update(resume["history"])
-        first, seconds_before = resume["step"], resume["train_seconds"]
+    first, seconds_before = _start(history, groups, opt, sched, gen, resume, checkpointing)
     end = config.updates if checkpointing is None or checkpointing.stop_at is None \
         else min(checkpointing.stop_at, config.updates)
     n = config.samples
     start = time.perf_counter()
-    done = first
-    for t in range(first, end):
+
+    def update(t: int) -> None:
         beta = beta_schedule(t, start=0.01, warmup=config.warmup)
         record = record_every > 0 and t % record_every == 0
         loss, samples = annealed_free_energy(groups, potentials, n, beta, gen)
@@ -123,33 +113,63 @@ def train(groups: Sequence[FitGroup], config: FitConfig, record_every: int = 0,
         opt.step()
         sched.step()
         if record:
-            history["step"].append(t)
-            history["beta"].append(beta)
-            with torch.no_grad():
-                for i, (g, (zK, log_q)) in enumerate(zip(groups, samples)):
-                    zK, log_q = zK.detach(), log_q.detach()
-                    U = torch.stack([potentials[tg](zK[f]) for f, (tg, _, _) in enumerate(g.labels)])
-                    history["F"][i].append((log_q + U).mean(-1).tolist())
-                    history["mean"][i].append(zK.mean(1).tolist())
-                    history["std"][i].append(zK.std(1).tolist())
+            _record(history, t, beta, groups, samples, potentials)
         if after_update is not None:
             after_update(t + 1)
         if log is not None and (t + 1) % max(config.updates // 20, 1) == 0:
             log(f"update {t + 1}/{config.updates}  beta={beta:.3f}  loss={float(loss.detach()):.3f}  "
                 f"{time.perf_counter() - start:.0f}s")
-        done = t + 1
-        if checkpointing is not None:
-            seconds = time.perf_counter() - start
-            out_of_time = checkpointing.max_minutes is not None and seconds > 60 * checkpointing.max_minutes
-            if done % checkpointing.every == 0 or done == end or out_of_time:
-                save_atomic({"config": asdict(config), "step": done, "groups": [g.state_dict() for g in groups],
-                             "optim": opt.state_dict(), "sched": sched.state_dict(), "noise": gen.get_state(),
-                             "history": history, "train_seconds": seconds_before + seconds}, checkpointing.path)
-            if out_of_time:
-                break
-    history["updates_done"] = done
-    history["train_seconds"] = seconds_before + time.perf_counter() - start
+
+    def checkpoint(done: int, seconds: float) -> None:
+        save_atomic({"config": asdict(config), "step": done, "groups": [g.state_dict() for g in groups],
+                     "optim": opt.state_dict(), "sched": sched.state_dict(), "noise": gen.get_state(),
+                     "history": history, "train_seconds": seconds}, checkpointing.path)
+
+    history["updates_done"], history["train_seconds"] = run_updates(
+        first, end, update, checkpoint, every=checkpointing.every if checkpointing is not None else None,
+        max_minutes=checkpointing.max_minutes if checkpointing is not None else None, seconds_before=seconds_before)
     return history
+
+
+def _optimizer(groups: Sequence[FitGroup], config: FitConfig
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.Generator]:
+    """Adam on every fit's parameters, its rate decayed geometrically from ``lr`` to ``lr_final`` over the
+    updates, and the generator of the samples (seeded from ``config.seed``)."""
+    params = [p for g in groups for p in g.parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    decay = (config.lr_final / config.lr) ** (1.0 / max(config.updates - 1, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
+    return opt, sched, torch.Generator(device=params[0].device).manual_seed(config.seed + 1)
+
+
+@torch.no_grad()
+def _record(history: dict[str, Any], t: int, beta: float, groups: Sequence[FitGroup],
+            samples: list[tuple[Tensor, Tensor]], potentials: dict[str, Callable[[Tensor], Tensor]]) -> None:
+    """Add update t's record to ``history``: each fit's F at β = 1 and the mean and spread of its z_K."""
+    history["step"].append(t)
+    history["beta"].append(beta)
+    for i, (g, (zK, log_q)) in enumerate(zip(groups, samples)):
+        zK, log_q = zK.detach(), log_q.detach()
+        U = torch.stack([potentials[tg](zK[f]) for f, (tg, _, _) in enumerate(g.labels)])
+        # F of each fit (eq. 15 at β = 1; log_q is already ln q_K, so no log-det is left)
+        history["F"][i].append(free_energy(log_q, torch.zeros_like(log_q), -U, dim=-1).tolist())
+        history["mean"][i].append(zK.mean(1).tolist())
+        history["std"][i].append(zK.std(1).tolist())
+
+
+def _start(history: dict[str, Any], groups: Sequence[FitGroup], opt: torch.optim.Optimizer,
+           sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator, resume: dict[str, Any] | None,
+           checkpointing: Checkpointing | None) -> tuple[int, float]:
+    """Fill ``history`` for a run from update 0, or restore everything from ``resume``; returns the first
+    update and the training time before it."""
+    if resume is None:
+        history.update({"step": [], "beta": [], "F": [[] for _ in groups], "mean": [[] for _ in groups],
+                        "std": [[] for _ in groups]})
+        return 0, 0.0
+    _restore(resume, groups, opt, sched, gen, checkpointing)
+    history.clear()
+    history.update(resume["history"])
+    return resume["step"], resume["train_seconds"]
 
 
 def _restore(state: dict[str, Any], groups: Sequence[FitGroup], opt: torch.optim.Optimizer,
@@ -196,7 +216,7 @@ def evaluate(groups: Sequence[FitGroup], config: FitConfig, log_Z: dict[str, flo
             se = math.sqrt(max(s2 / N - mean * mean, 0.0) / (N - 1))
             row = {"target": t, "method": m, "K": K, "F": mean, "se": se}
             if t in log_Z:
-                row["KL"] = mean + log_Z[t]
+                row["KL"] = energies.kl_from_free_energy(mean, log_Z[t])
             rows.append(row)
     return rows
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowbook.flowmath import check_planar, planar_log_det, planar_scale
+from flowbook.flowmath import check_planar, planar_log_det, planar_scale, planar_u_hat
 from flowbook.kernels import native
 
 __all__ = ["planar_chain", "kernel_usable"]
@@ -64,9 +64,7 @@ class _PlanarChain(torch.autograd.Function):
         K = b.shape[-1]
         batch, D = z.shape
         # the constraint of Appendix A, û = u + s·w, exactly as planar_constrain computes it
-        wu, w2 = torch.linalg.vecdot(w, u), torch.linalg.vecdot(w, w)
-        scale, one_plus_wu_hat = planar_scale(wu, w2)
-        u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)
+        u_hat, one_plus_wu_hat, wu, w2, scale = planar_u_hat(u, w)
         # Every per-layer slice the loops touch is made contiguous, layer-major: Z[k] = z_k, the input of
         # layer k + 1, and the per-example parameters as (K, batch, D). On a CPU an operation on a
         # strided (batch, D) slice of a (batch, K, D) tensor costs about twice one on a contiguous

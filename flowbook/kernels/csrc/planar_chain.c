@@ -1,7 +1,7 @@
 /* The amortized planar chain (Rezende & Mohamed 2015, eq. 10-12 and Appendix A) in plain C.
 
-   flowbook.native compiles this file twice, with -DREAL=float and -DREAL=double, and calls it through
-   ctypes from flowbook.fused. It computes exactly what flowbook.flows.planar computes (the tests compare
+   flowbook.kernels.native compiles this file twice, with -DREAL=float and -DREAL=double, and calls it through
+   ctypes from flowbook.kernels.fused. It computes exactly what flowbook.flows.planar computes (the tests compare
    the two to 1e-10 in float64); what it saves is the per-operation overhead of a tensor library, which
    is nearly all of the cost of a long chain of small layers on a CPU.
 
@@ -11,7 +11,7 @@
 
    The constraint of Appendix A, u_hat = u + s*w with s a function of (w.u, |w|^2), is split: this file
    computes the dot products and applies s, while s itself and its derivative come from the Python
-   reference (flowbook.flows._planar_scale), so the constraint's definition lives in one place. */
+   reference (flowbook.flowmath.planar_scale), so the constraint's definition lives in one place. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
