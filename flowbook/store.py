@@ -20,10 +20,10 @@ enters a table, and a changed one is refused with a message saying how to restor
 
 Command line::
 
-    python -m flowbook store verify             # every local stored file against the manifest
-    python -m flowbook store fetch NAME ...     # e.g. mnist_stored_planar_K80 (its .json and .pt)
-    python -m flowbook store fetch --all        # every stored file, into the cache
-    python -m flowbook store manifest           # regenerate it (data committed first)
+    python -m flowbook store verify          # every local stored file against the manifest
+    python -m flowbook store fetch NAME ...  # e.g. mnist_stored_planar_K80 (.json and .pt)
+    python -m flowbook store fetch --all     # every stored file, into the cache
+    python -m flowbook store manifest        # regenerate it (data committed first)
 
 Adding a stored run takes two commits: the data files first, then the manifest that
 ``store manifest`` writes (it records the data's commit, so it refuses uncommitted data files).
