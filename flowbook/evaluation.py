@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .models import DLGM
-from .objectives import importance_log_marginal
+from .objectives import shared_draw_bounds
 
 __all__ = ["point_bounds", "summarize", "evaluate_resumable", "STATE_FORMAT", "POINTS_FORMAT", "points_file_name",
            "save_point_values", "load_point_values", "stored_point_values", "paired_difference"]
@@ -32,23 +32,10 @@ def point_bounds(model: DLGM, x: Tensor, samples: int, generator: torch.Generato
     """(−ELBO, −ln p(x)) per row of ``x``, float64, from the same ``samples`` draws z_s ~ q_K(z | x).
 
     −ELBO ≈ −(1/S) Σ_s ln w_s and −ln p(x) ≈ −ln (1/S) Σ_s w_s with w_s = p(x, z_s)/q_K(z_s | x)
-    (:func:`flowbook.objectives.importance_log_marginal`); sharing the draws makes KL = the difference
+    (:func:`flowbook.objectives.shared_draw_bounds`); sharing the draws makes KL = the difference
     ≥ 0 for every point, not only in expectation. The samples go ``chunk`` at a time."""
-    sum_log_w = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
-    last_log_q: list[Tensor] = []
-
-    def propose(n: int) -> tuple[Tensor, Tensor]:
-        _, zK, log_q = model.posterior_samples(x, n, generator)
-        last_log_q[:] = [log_q]
-        return zK, log_q
-
-    def log_joint(z: Tensor) -> Tensor:
-        lj = model.log_joint(x, z)
-        sum_log_w.add_((lj - last_log_q[0]).sum(0).to(torch.float64))  # for the ELBO, same draws
-        return lj
-
-    neg_log_p = -importance_log_marginal(propose, log_joint, samples, chunk).to(torch.float64)
-    return -sum_log_w / samples, neg_log_p
+    return shared_draw_bounds(lambda n: model.posterior_samples(x, n, generator)[1:],
+                              lambda z: model.log_joint(x, z), samples, chunk)
 
 
 def summarize(neg_elbo: Tensor, neg_log_p: Tensor, samples: int) -> dict[str, float | int]:

@@ -4,7 +4,9 @@
 * input checks: every public flow entry point says what was wrong and what to do;
 * the scalar part of the planar constraint of Appendix A, (wᵀu, ‖w‖²) ↦ (s, 1 + wᵀû) with
   û = u + s·w (:func:`planar_scale`);
-* the planar log-det Σ_k ln|1 + h′(a_k)·w_kᵀû_k| of eq. 12 (:func:`planar_log_det`).
+* the planar log-det Σ_k ln|1 + h′(a_k)·w_kᵀû_k| of eq. 12 (:func:`planar_log_det`);
+* a vectorized bisection for increasing scalar equations (:func:`solve_increasing`), which inverts a
+  flow that is monotone along one direction (the planar inverse of Appendix A).
 
 This module imports nothing from ``flowbook``, so the kernels can use it without importing
 :mod:`flowbook.flows`, which dispatches to them.
@@ -12,13 +14,14 @@ This module imports nothing from ``flowbook``, so the kernels can use it without
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["check_z", "check_alike", "check_param", "check_planar", "num_layers", "identity", "planar_scale", "planar_u_hat",
-           "planar_log_det"]
+           "planar_log_det", "solve_increasing"]
 
 
 def check_z(z: Tensor, dim: int | None, where: str) -> None:
@@ -114,3 +117,30 @@ def planar_u_hat(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, 
     scale, one_plus_wu_hat = planar_scale(wu, w2)
     u_hat = torch.addcmul(u, scale.unsqueeze(-1), w)  # u + scale·w in one pass over the (…, K, D) tensors
     return u_hat, one_plus_wu_hat, wu, w2, scale
+
+
+def solve_increasing(f: Callable[[Tensor], Tensor], target: Tensor, lo: Tensor, hi: Tensor, iters: int
+                     ) -> Tensor:
+    """Solve f(x) = target elementwise by bisection, for an increasing f on brackets [lo, hi].
+
+    Args:
+        f: elementwise and non-decreasing (strictly increasing gives a unique root); called on a
+            tensor shaped like ``target``.
+        target, lo, hi: tensors of one shape (or broadcastable to it), with lo ≤ hi and
+            f(lo) ≤ target ≤ f(hi) for every element, so that each bracket holds a root.
+        iters: the number of halvings, ≥ 0.
+    Returns:
+        The midpoints of the final brackets. Each step keeps the half whose ends still enclose the
+        root, so bisection converges for every such input, also where f′ vanishes and Newton's method
+        fails. After ``iters`` halvings the result is within (hi − lo)·2^−(iters+1) of a root, until
+        the bracket is as narrow as the dtype resolves: from then on the error stays within a few
+        units in the last place. A target outside [f(lo), f(hi)] gives the nearer end.
+    """
+    if iters < 0:
+        raise ValueError(f"solve_increasing: iters must be ≥ 0, got {iters}")
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        too_big = f(mid) > target
+        hi = torch.where(too_big, mid, hi)
+        lo = torch.where(too_big, lo, mid)
+    return 0.5 * (lo + hi)

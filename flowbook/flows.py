@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowbook.flowmath import (check_alike, check_param, check_planar, check_z, identity, num_layers, planar_log_det,
-                               planar_u_hat)
+                               planar_u_hat, solve_increasing)
 from flowbook.gaussian import diagonal_normal_log_prob, reparameterize
 from flowbook.kernels import fused, native
 
@@ -98,18 +98,11 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 def _solve_planar_preactivation(target: Tensor, c: Tensor, iters: int) -> Tensor:
     """Solve a + c·tanh(a) = target for a, where c = wᵀû ≥ −1 makes the left side non-decreasing.
 
-    Bisection on the bracket [target − |c|, target + |c|], which contains the root because
-    |tanh| ≤ 1; each step halves it, so it converges for every input (Newton alone can fail
+    The bracket [target − |c|, target + |c|] contains the root because |tanh| ≤ 1, so bisection
+    (:func:`flowbook.flowmath.solve_increasing`) converges for every input (Newton alone can fail
     when c is close to −1, where the slope 1 + c·sech²a vanishes at a = 0).
     """
-    lo = target - c.abs()
-    hi = target + c.abs()
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        too_big = mid + c * torch.tanh(mid) > target
-        hi = torch.where(too_big, mid, hi)
-        lo = torch.where(too_big, lo, mid)
-    return 0.5 * (lo + hi)
+    return solve_increasing(lambda a: a + c * torch.tanh(a), target, target - c.abs(), target + c.abs(), iters)
 
 
 def planar_inverse(y: Tensor, u: Tensor, w: Tensor, b: Tensor, iters: int = 100) -> tuple[Tensor, Tensor]:

@@ -15,13 +15,12 @@ helps little until the encoder improves.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .gaussian import repeat_per_sample, reparameterize
 from .models import DLGM
+from .objectives import free_energy, shared_draw_bounds
 
 __all__ = ["posterior_bounds", "refine_locally", "inference_gaps"]
 
@@ -42,14 +41,12 @@ def posterior_bounds(model: DLGM, x: Tensor, mu: Tensor, log_sigma: Tensor, para
     """Per-digit −ELBO and importance-sampled −ln p(x) (S = ``samples``) of the posterior with these
     parameters, from the same draws (as :func:`flowbook.train.evaluate`)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    log_w = []
-    for done in range(0, samples, chunk):
-        n = min(chunk, samples - done)
+
+    def propose(n: int) -> tuple[Tensor, Tensor]:
         eps = torch.randn(n, *mu.shape, generator=gen, device=x.device, dtype=x.dtype)
-        zK, log_q = _log_q_and_z(model, mu, log_sigma, params, eps)
-        log_w.append((model.log_joint(x, zK) - log_q).double())
-    lw = torch.cat(log_w)
-    return -lw.mean(0), -(torch.logsumexp(lw, 0) - math.log(samples))
+        return _log_q_and_z(model, mu, log_sigma, params, eps)
+
+    return shared_draw_bounds(propose, lambda z: model.log_joint(x, z), samples, chunk)
 
 
 def refine_locally(model: DLGM, x: Tensor, steps: int = 300, samples: int = 16, lr: float = 1e-2,
@@ -72,7 +69,7 @@ def refine_locally(model: DLGM, x: Tensor, steps: int = 300, samples: int = 16, 
             eps = torch.randn(samples, *mu.shape, generator=gen, device=x.device, dtype=x.dtype)
             zK, log_q = _log_q_and_z(model, local[0], local[1], tuple(local[2:]), eps)
             # digits are independent: the sum over digits gives each digit its own gradient
-            loss = (log_q - model.log_joint(x, zK)).mean(0).sum()
+            loss = free_energy(log_q, torch.zeros_like(log_q), model.log_joint(x, zK), dim=0).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["beta_schedule", "free_energy", "importance_log_marginal"]
+__all__ = ["beta_schedule", "free_energy", "importance_log_marginal", "shared_draw_bounds"]
 
 
 def beta_schedule(t: int | float, start: float = 0.01, warmup: float = 10_000) -> float:
@@ -80,3 +80,38 @@ def importance_log_marginal(propose: Callable[[int], tuple[Tensor, Tensor]],
             done += n
     assert running is not None
     return running - math.log(num_samples)
+
+
+def shared_draw_bounds(propose: Callable[[int], tuple[Tensor, Tensor]],
+                       log_joint: Callable[[Tensor], Tensor],
+                       num_samples: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """Per data point (−ELBO, −ln p(x)), float64, from the same ``num_samples`` draws z_s ~ q_K.
+
+    −ELBO is :func:`free_energy` at β = 1 (eq. 15) and −ln p(x) is :func:`importance_log_marginal`;
+    sharing the draws makes their difference, the KL, ≥ 0 for every point and not only in
+    expectation. Both accumulate in float64, so a float32 model's S = 5000 sums lose no digits.
+
+    Args:
+        propose: ``propose(n) -> (z, log_q)`` as for :func:`importance_log_marginal`.
+        log_joint: ``log_joint(z) -> ln p(x, z)`` of shape (n, batch).
+        num_samples: S, the draws per data point.
+        chunk: draws made at once (memory O(chunk·batch·D)).
+    Returns:
+        ((batch,) −ELBO, (batch,) −ln p(x)), both float64.
+    """
+    weighted: list[Tensor] = []  # n·F per chunk: the last chunk may be shorter
+    last_log_q: list[Tensor] = []
+
+    def propose64(n: int) -> tuple[Tensor, Tensor]:
+        z, log_q = propose(n)
+        last_log_q[:] = [log_q.to(torch.float64)]
+        return z, last_log_q[0]
+
+    def log_joint64(z: Tensor) -> Tensor:
+        lj = log_joint(z).to(torch.float64)
+        log_q = last_log_q[0]
+        weighted.append(free_energy(log_q, torch.zeros_like(log_q), lj, dim=0) * lj.shape[0])
+        return lj
+
+    neg_log_p = -importance_log_marginal(propose64, log_joint64, num_samples, chunk)
+    return torch.stack(weighted).sum(0) / num_samples, neg_log_p

@@ -387,6 +387,154 @@ def _planar_impl(cfg: TrainConfig, device: torch.device) -> str | None:
     return planar_impl(device, cfg.dtype).split(" (")[0]
 
 
+def _training_data(cfg: TrainConfig, x_train: Tensor | None, x_valid: Tensor | None, device: torch.device
+                   ) -> tuple[Tensor, Tensor | None]:
+    """The training data and (when ``cfg.valid_every`` is set) the validation points, on the run's device and
+    dtype; the config's own data where none is given."""
+    dtype = getattr(torch, cfg.dtype)
+    if x_train is None:
+        x_train = cfg.training_data()
+    x_train = x_train.to(device=device, dtype=dtype)
+    if not cfg.valid_every:
+        return x_train, None
+    if x_valid is None:
+        x_valid = cfg.validation_data()
+    return x_train, x_valid[:cfg.valid_points].to(device=device, dtype=dtype)
+
+
+class _Trainer:
+    """The state of one :func:`train` call and its steps: set up (or resume) the run, one update, the
+    training log, validation and the checkpoint. Everything a resume needs to continue bit for bit is in
+    the checkpoint: the model, the optimizer, the noise generator, the average, the log's running sum."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, x_train: Tensor, x_valid: Tensor | None,
+                 path: Path | None, state: dict[str, Any] | None, *, compile: bool, log_every: int):
+        self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
+        self.x_train, self.x_valid, self.path, self.log_every = x_train, x_valid, path, log_every
+        model = build_model(cfg)
+        if cfg.init_from and state is None:  # a continuation stage's first call (a resume has its own weights)
+            start_from_weights(model, cfg)
+        self.model = model.to(device=device, dtype=self.dtype)
+        self.opt = make_optimizer(cfg, self.model.parameters())
+        # a later stage draws noise its own stream (an earlier stage's seed would replay its first draws)
+        self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + cfg.updates_before)
+        self.ema = Averager(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        R, self.latent = len(cfg.rows), cfg.model_configs()[0].latent
+        self.run = Run(cfg, self.model, 0, best=[None] * R)
+        # running sum of the per-row free energy since the last log entry (checkpointed with the rest)
+        self.acc = torch.zeros(R, device=device, dtype=torch.float64)
+        self.acc_n = 0
+        self.impl = _planar_impl(cfg, device)
+        if state is not None:
+            self.resume(state)
+        self.loss_fn = torch.compile(self.model.loss) if compile else self.model.loss
+        self.batches: dict = {}  # the epoch's batch iterator, for _batch_for_update
+        self.bar: Any = None
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: refuse one of the other planar chain or one that does not fit."""
+        run, path = self.run, self.path
+        if "planar_impl" in state and state["planar_impl"] != self.impl:
+            raise CheckpointError(f"checkpoint {path} was trained with the planar chain {state['planar_impl']!r}, "
+                                  f"this machine runs {self.impl!r}; they give different trajectories, so resume it "
+                                  f"where it was trained, or {RESTART_HINT}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            self.noise.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({first_line(err)}); "
+                                  f"{RESTART_HINT}") from err
+        run.step, run.log, run.train_seconds = state["step"], state["log"], state["train_seconds"]
+        run.valid_log, run.best = state.get("valid_log", []), state.get("best", [None] * len(self.cfg.rows))
+        run.resumed_from = run.step
+        if self.ema is not None:
+            self.ema.load(state["ema"])
+        self.acc.copy_(state["log_acc"])
+        self.acc_n = state["log_acc_n"]
+
+    @contextlib.contextmanager
+    def progress_bar(self, show: bool) -> Iterator[None]:
+        """A tqdm bar over the updates (hidden unless ``show``) for the duration of the block."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.cfg.updates, initial=self.run.step, disable=not show, desc="train",
+                        unit="upd", dynamic_ncols=True)
+        try:
+            yield
+        finally:
+            self.bar.close()
+
+    def update(self, t: int) -> None:
+        """One update of Algorithm 1 on every row, then the log entry and validation when they are due."""
+        cfg, run = self.cfg, self.run
+        # the chain's epochs go on across stages
+        x = _batch_for_update(self.x_train, cfg.updates_before + run.step, cfg, self.batches)
+        eps = torch.randn(x.shape[0], self.latent, generator=self.noise, device=self.device, dtype=self.dtype)
+        beta = beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup)
+        if cfg.lr_final is not None or cfg.warmup:
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr_at(run.step)
+        losses = self.loss_fn(x, eps, beta)
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # rows are independent: the sum's gradient is each row's own
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update()
+        run.step += 1
+        self.acc += losses.detach().to(torch.float64)
+        self.acc_n += 1
+        if run.step % self.log_every == 0 or run.step == cfg.updates:
+            self.log_entry(beta)
+        # validation counts only once β = 1 (before, the parameters optimize another objective)
+        if cfg.valid_every and (run.step % cfg.valid_every == 0 or run.step == cfg.updates) \
+                and beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup) >= 1.0:
+            self.validate()
+        self.bar.update(1)
+
+    def log_entry(self, beta: float) -> None:
+        """Append the per-row mean free energy since the last entry to the log; a NaN or ∞ stops the run."""
+        mean = (self.acc / self.acc_n).tolist()
+        if not all(math.isfinite(v) for v in mean):
+            raise FloatingPointError(f"the free energy became {mean} at update {self.run.step}. "
+                                     + _DIVERGED.format(lr=self.cfg.lr))
+        self.run.log.append({"step": self.run.step, "beta": beta, "free_energy": mean})
+        self.acc.zero_()
+        self.acc_n = 0
+        self.bar.set_postfix_str(" ".join(f"{v:.1f}" for v in mean))
+
+    def validate(self) -> None:
+        """Check every row's validation free energy and keep each row's best parameters (early stopping)."""
+        run = self.run
+        # with averaging, the averaged parameters are the ones checked and kept
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            values = validation_free_energy(self.model, self.x_valid, self.cfg.seed + 2)
+            run.valid_log.append({"step": run.step, "free_energy": values})
+            rows = None
+            for r, v in enumerate(values):
+                if math.isfinite(v) and (run.best[r] is None or v < run.best[r]["free_energy"]):
+                    rows = rows or self.model.rows()
+                    state = {k: t.detach().clone() for k, t in rows[r].state_dict().items()}
+                    run.best[r] = {"step": run.step, "free_energy": v, "state": state}
+
+    def checkpoint(self, done: int, seconds: float) -> None:
+        """Record the training time and save everything a resume needs (when the run has a checkpoint)."""
+        self.run.train_seconds = seconds
+        if self.path is None:
+            return
+        # never save a diverged state: a resume would start from it and diverge again
+        if not (torch.isfinite(self.acc).all() and all(torch.isfinite(p).all() for p in self.model.parameters())):
+            raise FloatingPointError(f"the parameters or the free energy became NaN or infinite by update "
+                                     f"{self.run.step}; checkpoint {self.path} was not written (any earlier one "
+                                     "is intact). " + _DIVERGED.format(lr=self.cfg.lr))
+        run, ema = self.run, self.ema
+        save_atomic({"config": asdict(self.cfg), "step": run.step, "model": self.model.state_dict(),
+                     "optim": self.opt.state_dict(), "noise": self.noise.get_state(), "log": run.log,
+                     "log_acc": self.acc, "log_acc_n": self.acc_n, "train_seconds": run.train_seconds,
+                     "valid_log": run.valid_log, "best": run.best, "planar_impl": self.impl,
+                     **({"ema": ema.state()} if ema is not None else {})}, self.path)
+
+
 def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | None = None,
           device: str | torch.device = "cpu", ckpt_dir: str | Path | None = None, ckpt_every: int = 1000,
           max_minutes: float | None = None, stop_at: int | None = None, log_every: int = 100,
@@ -412,124 +560,18 @@ def train(cfg: TrainConfig, *, x_train: Tensor | None = None, x_valid: Tensor | 
         restart: delete this configuration's checkpoint (e.g. a damaged one) and start from update 0.
     """
     device = torch.device(device)
-    path = None
-    state = None
+    path, state = None, None
     if ckpt_dir is not None:  # before any data loads: a bad directory or checkpoint fails at once
         path, state = open_checkpoint(cfg, ckpt_dir, restart=restart, device=device)
-    dtype = getattr(torch, cfg.dtype)
-    if x_train is None:
-        x_train = cfg.training_data()
-    x_train = x_train.to(device=device, dtype=dtype)
-    if cfg.valid_every:
-        if x_valid is None:
-            x_valid = cfg.validation_data()
-        x_valid = x_valid[:cfg.valid_points].to(device=device, dtype=dtype)
-    model = build_model(cfg)
-    if cfg.init_from and state is None:
-        start_from_weights(model, cfg)
-    model = model.to(device=device, dtype=dtype)
-    opt = make_optimizer(cfg, model.parameters())
-    # a later stage draws noise its own stream (an earlier stage's seed would replay its first draws)
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + cfg.updates_before)
-    ema = Averager(model, cfg.ema_decay) if cfg.ema_decay else None
-    R, D = len(cfg.rows), cfg.model_configs()[0].latent
-    run = Run(cfg, model, 0, best=[None] * R)
-    # running sum of the per-row free energy since the last log entry (checkpointed with the rest)
-    acc = torch.zeros(R, device=device, dtype=torch.float64)
-    acc_n = 0
-    impl = _planar_impl(cfg, device)
-    if state is not None:
-        if "planar_impl" in state and state["planar_impl"] != impl:
-            raise CheckpointError(f"checkpoint {path} was trained with the planar chain {state['planar_impl']!r}, "
-                                  f"this machine runs {impl!r}; they give different trajectories, so resume it "
-                                  f"where it was trained, or {RESTART_HINT}")
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optim"])
-            noise.set_state(state["noise"].cpu())  # generator states are CPU byte tensors on every device
-        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this model ({first_line(err)}); "
-                                  f"{RESTART_HINT}") from err
-        run.step, run.log, run.train_seconds = state["step"], state["log"], state["train_seconds"]
-        run.valid_log, run.best = state.get("valid_log", []), state.get("best", [None] * R)
-        run.resumed_from = run.step
-        if ema is not None:
-            ema.load(state["ema"])
-        acc.copy_(state["log_acc"])
-        acc_n = state["log_acc_n"]
-
-    def checkpoint(done: int, seconds: float) -> None:
-        run.train_seconds = seconds
-        if path is None:
-            return
-        # never save a diverged state: a resume would start from it and diverge again
-        if not (torch.isfinite(acc).all() and all(torch.isfinite(p).all() for p in model.parameters())):
-            raise FloatingPointError(f"the parameters or the free energy became NaN or infinite by update "
-                                     f"{run.step}; checkpoint {path} was not written (any earlier one is intact). "
-                                     + _DIVERGED.format(lr=cfg.lr))
-        save_atomic({"config": asdict(cfg), "step": run.step, "model": model.state_dict(),
-                     "optim": opt.state_dict(), "noise": noise.get_state(), "log": run.log,
-                     "log_acc": acc, "log_acc_n": acc_n, "train_seconds": run.train_seconds,
-                     "valid_log": run.valid_log, "best": run.best, "planar_impl": impl,
-                     **({"ema": ema.state()} if ema is not None else {})}, path)
-
-    def validate() -> None:
-        # with averaging, the averaged parameters are the ones checked and kept
-        with ema.swapped_in() if ema is not None else contextlib.nullcontext():
-            values = validation_free_energy(model, x_valid, cfg.seed + 2)
-            run.valid_log.append({"step": run.step, "free_energy": values})
-            rows = None
-            for r, v in enumerate(values):
-                if math.isfinite(v) and (run.best[r] is None or v < run.best[r]["free_energy"]):
-                    rows = rows or model.rows()
-                    state = {k: t.detach().clone() for k, t in rows[r].state_dict().items()}
-                    run.best[r] = {"step": run.step, "free_energy": v, "state": state}
-
-    loss_fn = torch.compile(model.loss) if compile else model.loss
+    x_train, x_valid = _training_data(cfg, x_train, x_valid, device)
+    trainer = _Trainer(cfg, device, x_train, x_valid, path, state, compile=compile, log_every=log_every)
     end = cfg.updates if stop_at is None else min(stop_at, cfg.updates)
     if progress is None:
         progress = sys.stderr.isatty()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.updates, initial=run.step, disable=not progress, desc="train", unit="upd",
-               dynamic_ncols=True)
-    cache: dict = {}
-
-    def update(t: int) -> None:
-        nonlocal acc, acc_n
-        x = _batch_for_update(x_train, cfg.updates_before + run.step, cfg, cache)  # the chain's epochs go on
-        eps = torch.randn(x.shape[0], D, generator=noise, device=device, dtype=dtype)
-        beta = beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup)
-        if cfg.lr_final is not None or cfg.warmup:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(run.step)
-        losses = loss_fn(x, eps, beta)
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()  # rows are independent: the sum's gradient is each row's own
-        opt.step()
-        if ema is not None:
-            ema.update()
-        run.step += 1
-        acc += losses.detach().to(torch.float64)
-        acc_n += 1
-        if run.step % log_every == 0 or run.step == cfg.updates:
-            mean = (acc / acc_n).tolist()
-            if not all(math.isfinite(v) for v in mean):
-                raise FloatingPointError(f"the free energy became {mean} at update {run.step}. "
-                                         + _DIVERGED.format(lr=cfg.lr))
-            run.log.append({"step": run.step, "beta": beta, "free_energy": mean})
-            acc.zero_()
-            acc_n = 0
-            bar.set_postfix_str(" ".join(f"{v:.1f}" for v in mean))
-        # validation counts only once β = 1 (before, the parameters optimize another objective)
-        if cfg.valid_every and (run.step % cfg.valid_every == 0 or run.step == cfg.updates) \
-                and beta_schedule(run.step, cfg.beta_start, cfg.beta_warmup) >= 1.0:
-            validate()
-        bar.update(1)
-
-    _, run.train_seconds = run_updates(run.step, end, update, checkpoint, every=ckpt_every, max_minutes=max_minutes,
-                                       seconds_before=run.train_seconds)
-    bar.close()
+    run = trainer.run
+    with trainer.progress_bar(progress):
+        _, run.train_seconds = run_updates(run.step, end, trainer.update, trainer.checkpoint, every=ckpt_every,
+                                           max_minutes=max_minutes, seconds_before=run.train_seconds)
     return run
 
 
