@@ -25,7 +25,6 @@ and the results a finished run writes, are the dataset-neutral runner's (:mod:`f
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import sys
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from . import data as fdata
+from .data.files import file_sha256
 from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpoint, save_atomic
 from .evaluation import point_bounds, summarize
 from .models import DLGM, DLGMConfig, MultiDLGM
@@ -44,7 +44,7 @@ from .loop import run_updates
 from .runid import config_digest, run_name
 
 __all__ = ["TrainConfig", "FAST", "FULL", "STORED", "PRESETS", "parse_rows", "build_model", "make_optimizer",
-           "train", "evaluate", "Run", "validation_free_energy", "Averager", "continuation", "stage_chain", "start_from_weights", "file_sha256"]
+           "train", "evaluate", "Run", "validation_free_energy", "Averager", "continuation", "stage_chain", "start_from_weights"]
 
 
 @dataclass(frozen=True)
@@ -254,15 +254,6 @@ class Run:
             if r < len(self.best) and self.best[r] is not None:
                 row.load_state_dict(self.best[r]["state"])
         return rows
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes (hex): how a stage names the weights it started from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def continuation(flow: str, K: int, label: str) -> dict[str, Any]:
