@@ -165,8 +165,8 @@ case ${1:-} in
   studyC) study cont20k-lr3e-4-fused 3e-4 --fused ;;
   # Table 2's continuation stages: every row, those furthest above the paper first, balanced over
   # two processes (updates240k: 120 000 more updates; updates480k: 240 000 more, close to the paper's 500 000)
-  stage240A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
-  stage240B) for r in planar:40 planar:10 nice:80 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
+  stage240A) for r in planar:80 planar:20 planar:0 nice:20 nice:40; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
+  stage240B) for r in planar:40 planar:10 nice:80 nice:10; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
   stage480A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
   stage480B) for r in planar:40 planar:10 nice:80 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
   *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B" >&2
