@@ -9,7 +9,7 @@ Examples::
     # evaluate a stored checkpoint again (e.g. with more importance samples)
     python -m flowbook eval --rows planar:0 --mode fast --eval-samples 5000 --eval-points 10000
     # the paper's evaluation (S = 5000, all test digits) of a committed Table 2 row, resumable
-    python -m flowbook evaluate-weights mnist_stored_planar_K80 --samples 5000 --max-minutes 60
+    python -m flowbook evaluate-weights mnist_stored_updates240k_planar_K80 --samples 5000 --max-minutes 60
 
 Runs resume from their checkpoint in ``--ckpt-dir`` when one exists for the same configuration; a
 damaged checkpoint, or one of another configuration, is refused (``--restart`` deletes it and starts over).

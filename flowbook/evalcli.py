@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowbook evaluate-weights",
                                      description=main.__doc__.split("\n")[0].strip("`: "))
-    parser.add_argument("name", help="a stored MNIST row, e.g. mnist_stored_planar_K80")
+    parser.add_argument("name", help="a stored MNIST row, e.g. mnist_stored_updates240k_planar_K80")
     parser.add_argument("--samples", type=int, default=5000, help="importance samples S (the paper: 5000)")
     parser.add_argument("--points", type=int, default=10_000, help="test digits, from the first (all: 10000)")
     parser.add_argument("--seed", type=int, default=1234)

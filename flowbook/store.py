@@ -21,7 +21,7 @@ enters a table, and a changed one is refused with a message saying how to restor
 Command line::
 
     python -m flowbook store verify          # every local stored file against the manifest
-    python -m flowbook store fetch NAME ...  # e.g. mnist_stored_planar_K80 (.json and .pt)
+    python -m flowbook store fetch NAME ...  # e.g. mnist_stored_updates240k_planar_K80 (.json and .pt)
     python -m flowbook store fetch --all     # every stored file, into the cache
     python -m flowbook store manifest        # regenerate it (data committed first)
 
@@ -70,7 +70,7 @@ class DownloadError(StoreError, OSError):
 @functools.cache
 def manifest() -> dict[str, dict]:
     """The shipped manifest: {relpath: {"size", "sha256", "commit"}}, e.g. key
-    ``data/weights/mnist_stored_planar_K80.pt``."""
+    ``data/weights/mnist_stored_updates240k_planar_K80.pt``."""
     try:
         record = json.loads(MANIFEST.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

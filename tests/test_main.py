@@ -137,15 +137,15 @@ def test_committed_weights_beside_no_result_of_this_run_are_not_replaced(tmp_pat
     """Issue 26, bug 1: with --out elsewhere, stored mode's default --weights-dir (data/weights) still
     holds the committed weights of the row; the run is refused before training, the file unchanged."""
     monkeypatch.chdir(tmp_path)  # data/weights here is a copy of the committed one
-    weights = Path("data/weights/mnist_stored_planar_K80.pt")
+    weights = Path("data/weights/mnist_stored_radial_K80.pt")
     weights.parent.mkdir(parents=True)
     shutil.copy(ROOT / weights, weights)
     before = weights.read_bytes()
-    argv = ["train", "--mode", "stored", "--flow", "planar", "--K", "80", "--updates", "2", "--valid-every", "0",
+    argv = ["train", "--mode", "stored", "--flow", "radial", "--K", "80", "--updates", "2", "--valid-every", "0",
             "--eval-points", "5", "--eval-samples", "2", "--ckpt-dir", "X", "--out", "Y", "--no-progress"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert f"{weights} exists and Y/mnist_stored_planar_K80.json is not this configuration's result" in err
+    assert f"{weights} exists and Y/mnist_stored_radial_K80.json is not this configuration's result" in err
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert weights.read_bytes() == before and not list(Path("X").glob("*.pt")), "refused before training"
 
