@@ -9,7 +9,9 @@ reader in Colab sees trained models without training::
     model = pretrained.load("planar", 10, "cifar10")           # CIFAR-10 patches, Table 3
 
 Table 2's rows were trained with 120 000 updates (the label ``updates120k``); the unlabelled MNIST rows are
-the first protocol's 60 000 updates, kept for comparison (chapter 5).
+the first protocol's 60 000 updates, kept for comparison (chapter 5). Later stages continue a row
+(``updates240k``, ...), and only a row's latest stage keeps its weights in the tree
+(:func:`latest_stage`): a superseded stage keeps its result, whose provenance names its weights by SHA-256.
 
 The stored results (``data/results/<name>.json``) are computed from exactly these rounded weights
 (:func:`round_like_saved` runs before the evaluation), so loading a file reproduces its result.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ from .runid import row_name, run_name, run_prefix
 from .store import StoreError
 
 __all__ = ["WEIGHTS_DIR", "FORMAT", "DATA_DIMS", "save", "load", "load_file", "round_like_saved",
-           "check_result", "stored_results"]
+           "check_result", "stored_results", "latest_stage"]
 
 WEIGHTS_DIR = REPO_ROOT / "data" / "weights"
 FORMAT = "flowbook-dlgm-weights-1"
@@ -291,3 +294,20 @@ def stored_results(dataset: str = "mnist", protocol: str = "stored", directory: 
             store.check_file(REPO_ROOT / weights_rel, weights_rel)  # another row's weights copied here
         out[("diagonal", 0) if ident["K"] == 0 else (ident["flow"], ident["K"])] = record
     return out
+
+
+def latest_stage(flow: str, K: int, dataset: str = "mnist") -> str | None:
+    """The label of the stage of row (``flow``, ``K``) whose weights are stored, for :func:`load`: None for
+    the unlabelled first protocol, ``"updates240k"`` for the stage that ends at 240 000 updates, ... Only a
+    row's latest stage keeps its weights; where two are listed (a stage just committed), the one with more
+    updates in all wins. Raises FileNotFoundError when the row has no stored weights."""
+    pattern = re.compile(rf"{dataset}_stored_(?:(updates\d+k)_)?{row_name(flow, K)}")
+    found: dict[str | None, int] = {}
+    for rel in store.listed(f"data/weights/{dataset}_stored_"):
+        match = pattern.fullmatch(Path(rel).stem)
+        if match and f"data/results/{match.string}.json" in store.manifest():
+            train = load_result(store.path(f"data/results/{match.string}.json"))["config"]["train"]
+            found[match.group(1)] = train["updates"] + train.get("updates_before", 0)
+    if not found:
+        raise FileNotFoundError(f"no stored weights of the {dataset} row {row_name(flow, K)}")
+    return max(found, key=found.__getitem__)

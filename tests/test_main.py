@@ -179,7 +179,21 @@ def test_a_finished_command_run_again_is_done_and_eval_only_adds_evaluations(tmp
     assert (tmp_path / "w" / "mnist_fast_diagonal.pt").read_bytes() == stored[tmp_path / "w" / "mnist_fast_diagonal.pt"]
 
 
-@pytest.mark.parametrize("name", ["mnist_stored_planar_K10", "mnist_stored_updates120k_planar_K10"])
+def _rows_trained_from_scratch() -> list[str]:
+    """One committed MNIST row with weights per protocol label, among the rows trained from scratch (a
+    stage continued from other weights needs those too); superseded stages' weights leave the tree."""
+    from flowbook import store
+
+    first: dict[str, str] = {}
+    for rel in sorted(store.listed("data/weights/mnist_stored_")):
+        name = Path(rel).stem
+        record = json.loads((ROOT / "data" / "results" / f"{name}.json").read_text())
+        if not record["config"]["train"].get("init_from"):
+            first.setdefault(str(record["config"]["train"].get("label")), name)
+    return sorted(first.values())
+
+
+@pytest.mark.parametrize("name", _rows_trained_from_scratch())
 def test_the_command_of_a_committed_row_run_again_is_done(tmp_path, monkeypatch, capsys, name) -> None:
     """Re-running a stored row's own command (from its provenance) recognises the row as done: its
     digest is unchanged, and nothing is trained (``--stop-at 1`` would stop a training run with 3)."""

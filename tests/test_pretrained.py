@@ -150,14 +150,22 @@ def test_every_committed_weights_file_builds_its_model(rel):
 
 
 def test_every_table_row_is_stored():
-    """Table 3's four rows and the paper's nine rows of Table 2 are all stored, with weights, for Table 2's
-    protocol (120 000 updates) and for the first one (60 000), which chapter 5 compares with it."""
+    """Table 3's four rows and the paper's nine rows of Table 2 are all stored, for Table 2's protocol
+    (120 000 updates) and for the first one (60 000), which chapter 5 compares with it; each Table 2 row's
+    latest stage keeps its weights (:func:`pretrained.latest_stage`), the first protocol's do not."""
     assert {K for _, K in pretrained.stored_results("cifar10")} == {0, 2, 5, 10}
     table2 = {("diagonal", 0)} | {(f, K) for f in ("planar", "nice") for K in (10, 20, 40, 80)}
     for label in (None, "updates120k"):
-        rows = pretrained.stored_results("mnist", label=label)
-        assert table2 <= set(rows), label
-        assert all(f"data/weights/{r['name']}.pt" in store.manifest() for r in rows.values())
+        assert table2 <= set(pretrained.stored_results("mnist", label=label)), label
+    for row in table2:
+        latest = pretrained.latest_stage(*row)
+        assert latest is not None, row
+        assert f"data/weights/{pretrained.stored_results('mnist', label=latest)[row]['name']}.pt" in store.manifest()
+
+
+def test_latest_stage_says_which_row_has_no_weights():
+    with pytest.raises(FileNotFoundError, match="planar_K7"):
+        pretrained.latest_stage("planar", 7)
 
 
 # --- the read side of issue 26: a file is accepted only if it is what was asked for ---------------------------
