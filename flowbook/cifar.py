@@ -44,8 +44,8 @@ from torch import Tensor
 from . import data as fdata
 from . import runner
 from .models import DLGM
-from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
-                      parse_checked, run_main, weights_dir_for)
+from .options import (MAX_K, OptionError, add_flow_option_argument, add_run_arguments, check_int, check_run_options,
+                      config_from_args, flow_options_from_args, parse_checked, run_main, weights_dir_for)
 from .runid import run_name
 from .train import Run, TrainConfig, evaluate
 
@@ -278,6 +278,14 @@ MAX_N_TRAIN = 10_000_000
 MAX_EVAL_POINTS = 100_000
 
 
+def _config(args: argparse.Namespace) -> CifarConfig:
+    """The mode's preset with the options given: one planar row per ``--K``."""
+    rows = tuple(("planar", int(k)) for k in args.K.split(","))
+    return config_from_args(config_for(args.mode), args, ("updates", "n_train", "eval_points", "eval_samples",
+                                                          "label", "seed", "logit_normal_variance"), rows=rows,
+                            flow_options=flow_options_from_args(args, [f for f, _ in rows]))
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Refuse out-of-range options before any data loads (:class:`flowbook.options.OptionError`)."""
     Ks = []
@@ -295,6 +303,10 @@ def _check_args(args: argparse.Namespace) -> None:
     check_int("--n-train", args.n_train, preset.batch_size, MAX_N_TRAIN,
               f" (at least one minibatch of {preset.batch_size})")
     check_int("--eval-points", args.eval_points, 1, MAX_EVAL_POINTS)
+    try:
+        _config(args).model_configs()  # the model's own checks (e.g. a flow option's value)
+    except ValueError as err:
+        raise OptionError(f"invalid options: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,10 +325,9 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--variance", dest="logit_normal_variance", choices=("per_dim", "amortized"),
                         help="logit-normal variance")
     parser.add_argument("--n-train", dest="n_train", type=int, help="training patches (drawn once)")
+    add_flow_option_argument(parser)
     args = parse_checked(parser, argv, _check_args)
-    rows = tuple(("planar", int(k)) for k in args.K.split(","))
-    cfg = config_from_args(config_for(args.mode), args, ("updates", "n_train", "eval_points", "eval_samples",
-                                                         "label", "seed", "logit_normal_variance"), rows=rows)
+    cfg = _config(args)
     run = runner.train_command(cfg, args, prog=parser.prog, progress=False)
     if isinstance(run, int):
         return run

@@ -38,6 +38,7 @@ from . import data as fdata
 from .data.files import file_sha256
 from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpoint, save_atomic
 from .evaluation import point_bounds, summarize
+from .flows import FlowOptions, check_run_options, options_for
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
 from .loop import run_updates
@@ -84,10 +85,22 @@ class TrainConfig:
     warmup: int = 0  # linear warm-up of the rate over the first updates (a fresh optimizer's moments start at 0)
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the parameters
     fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
+    # the flow types' own options (flowbook.flows.options_of), sorted (name, value) pairs; each row gets
+    # those its flow type has, and each option must be one of some row's
+    flow_options: FlowOptions = ()
+
+    def __post_init__(self) -> None:
+        try:  # each option must be some row's (DLGMConfig checks each row's own)
+            options = check_run_options([f for f, _ in self.rows], self.flow_options) if self.flow_options else ()
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+        object.__setattr__(self, "flow_options", options)
 
     def model_configs(self) -> list[DLGMConfig]:
-        """One :class:`~flowbook.models.DLGMConfig` per row: its flow and K with :meth:`model_fields`."""
-        return [DLGMConfig(flow=f, K=k, **self.model_fields()) for f, k in self.rows]
+        """One :class:`~flowbook.models.DLGMConfig` per row: its flow and K with :meth:`model_fields` and
+        the flow type's own options (:func:`flowbook.flows.options_for`)."""
+        return [DLGMConfig(flow=f, K=k, flow_options=options_for(f, self.flow_options), **self.model_fields())
+                for f, k in self.rows]
 
     def model_fields(self) -> dict[str, Any]:
         """The :class:`~flowbook.models.DLGMConfig` fields this configuration sets for every row."""
