@@ -523,7 +523,9 @@ class PlanarSpec(FlowSpec):
 
     def free_start(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                    ) -> dict[str, Tensor]:
-        """u, w uniform in ±1/√D (not the identity), at the scale of a linear layer, and b = 0."""
+        """u, w uniform in ±1/√D (not the identity), at the scale of a linear layer, and b = 0: the start of
+        the 2-D fits (:class:`flowbook.experiments2d.FitGroup`) and of a :class:`Planar` module (with
+        ``generator`` None, torch's global one)."""
         bound = 1.0 / math.sqrt(self.dim)
         shape = (*batch, self.K, self.dim)
         return {"u": (torch.rand(shape, generator=generator) * 2 - 1) * bound,
@@ -832,11 +834,10 @@ class Planar(Flow):
 
     def __init__(self, dim: int, K: int, impl: str = "auto"):
         super().__init__(PlanarSpec(dim, K, impl=impl))
-        # u and w start at random (not at the identity), with the scale of a linear layer's 1/√D
-        bound = 1.0 / math.sqrt(dim)
-        self.u = nn.Parameter(torch.empty(K, dim).uniform_(-bound, bound))
-        self.w = nn.Parameter(torch.empty(K, dim).uniform_(-bound, bound))
-        self.b = nn.Parameter(torch.zeros(K))
+        # u and w start at random (not at the identity), as a 2-D fit does: PlanarSpec.free_start, drawn
+        # from torch's global generator
+        for name, value in self.spec.free_start().items():
+            setattr(self, name, nn.Parameter(value))
 
 
 class Radial(Flow):
