@@ -10,8 +10,9 @@ Modules:
     experiments2d batched 2-D fits for Table 1 / Figure 3: model, training, cli (python -m flowbook.experiments2d)
     data          MNIST, binarized MNIST, CIFAR-10 patches; the data root FLOWBOOK_DATA
     models        the DLGM with amortized flows (§4.2, §6.2), Bernoulli and logit-normal likelihoods
-    train         resumable training, evaluation (bound, IS ln p(x)), results (python -m flowbook train)
-    cifar         the CIFAR-10 patch setting of Table 3 (python -m flowbook.cifar)
+    trainer       the dataset-free resumable training (Algorithm 1) and evaluation (bound, IS ln p(x)) of DLGM rows
+    train         binarized MNIST's experiment of Table 2: config, presets, stages (python -m flowbook train)
+    cifar         CIFAR-10's experiment of Table 3, the patch setting (python -m flowbook.cifar)
     dynamics      infinitesimal flows: Langevin (Euler-Maruyama) and Hamiltonian (leapfrog, HVI) (§3.2)
     notebook      the setup every chapter runs first
     results       JSON results with provenance in data/results/

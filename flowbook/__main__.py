@@ -119,7 +119,7 @@ def _check(args: argparse.Namespace) -> None:
 DELEGATED = {"evaluate-weights": ("evalcli", "evaluate the committed weights of a stored Table 2 row again "
                                                 "(e.g. S = 5000) and add it to its result"),
              "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10"),
-             "store": ("store", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}
+             "store": ("storecli", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def training_fields(config: dict) -> dict:
 
 
 def config_digest(config: dict) -> str:
-    """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
+    """:meth:`flowbook.trainer.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
     the first 12 hex digits of the sha256 of the JSON of its :func:`training_fields`."""
     return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
 
