@@ -170,7 +170,7 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     (["--threads", "0"], "--threads must be ≥ 1"),
     (["--flow-option", "hidden=3"], "--flow-option: 'hidden' is not an option of the planar flow (planar's options: "
                                     "impl (str), inverse_iters (int))"),
-    (["--flow-option", "impl=gpu"], "invalid options: CifarConfig: "),
+    (["--flow-option", "impl=gpu"], "PlanarSpec: impl must be one of ('auto', 'autograd', 'fused', 'native'), got 'gpu'"),
     (["--seed", "-3"], "--seed must be in 0..4294967295"),
     (["--label", "a/b"], "--label may hold only"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
