@@ -87,7 +87,7 @@ class CifarConfig(TrainConfig):
 
     def checkpoint_stem(self) -> str:
         """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``
-        (the result names, :meth:`result_name`, name the flow; the checkpoints keep this older form):
+        (the result names, :meth:`~flowbook.trainer.TrainConfig.result_name`, name the flow; the checkpoints keep this older form):
         the checkpoint's name before its digest (all rows are planar)."""
         label = f"_{self.label.replace(' ', '-')}" if self.label else ""
         return f"cifar10_{self.mode}{label}_K{'-'.join(str(K) for _, K in self.rows)}"

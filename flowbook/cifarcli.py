@@ -14,9 +14,10 @@ from .options import (MAX_K, OptionError, add_flow_option_argument, add_run_argu
 __all__ = ["MAX_N_TRAIN", "MAX_EVAL_POINTS", "main"]
 
 
-#: Bounds of the command line's options (beyond them a value is almost surely a typo): one million training
-#: patches are the full protocol's, ten million take 7.7 GB as float32; the full test set is 10 000 patches.
+#: The most training patches ``--n-train`` accepts, ten million (7.7 GB as float32; the full protocol
+#: trains on one million): beyond it a value is almost surely a typo.
 MAX_N_TRAIN = 10_000_000
+#: The most test patches ``--eval-points`` accepts, ten times the full test set of 10 000 patches.
 MAX_EVAL_POINTS = 100_000
 
 

@@ -43,7 +43,7 @@ with batched matrix products.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ class DLGMConfig:
     logit_normal_variance: Literal["per_dim", "amortized"] = "per_dim"
     nice_hidden: int = 40
     seed: int = 0
-    flow_options: flows.FlowOptions = ()
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.FlowOptions
 
     def __post_init__(self) -> None:
         if self.flow not in flows.SPECS:

@@ -41,7 +41,7 @@ from .data.minibatches import batches
 from .data.files import file_sha256
 from .checkpoints import RESTART_HINT, CheckpointError, first_line, open_checkpoint, save_atomic
 from .evaluation import point_bounds, summarize
-from .flows import FlowOptions, check_run_options, options_for
+from .flows import check_run_options, options_for
 from .models import DLGM, DLGMConfig, MultiDLGM
 from .objectives import beta_schedule
 from .loop import run_updates
@@ -95,7 +95,7 @@ class TrainConfig:
     fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
     # the flow types' own options (flowbook.flows.options_of), sorted (name, value) pairs; each row gets
     # those its flow type has, and each option must be one of some row's
-    flow_options: FlowOptions = ()
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.FlowOptions
 
     def __post_init__(self) -> None:
         try:  # each option must be some row's (DLGMConfig checks each row's own)

@@ -46,7 +46,7 @@ class FitConfig:
     confine_scale: float = energies.CONFINE_SCALE
     # the flow types' own options (flowbook.flows.options_of), sorted (name, value) pairs: each type gets
     # those it has (flowbook.flows.options_for), and each option must be one of some method's type
-    flow_options: flows.FlowOptions = ()
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.FlowOptions
 
     def __post_init__(self) -> None:
         known = flows.variants()
@@ -73,9 +73,9 @@ class FitConfig:
     def trained_config(result_config: dict) -> dict:
         """The fields of a :class:`FitConfig` in a result's ``config``, which holds them at its top level
         next to the optimizer's and the loss's descriptions (KeyError when one is missing)."""
-        # a field added later (LATER_FIELDS) is absent from the results stored before it, at its neutral value
-        return {f.name: result_config[f.name] if f.name not in LATER_FIELDS else result_config.get(f.name, LATER_FIELDS[f.name])
-                for f in fields(FitConfig)}
+        # a field added later (LATER_FIELDS) is absent from the results stored before it: its neutral value
+        later = {n: result_config.get(n, v) for n, v in LATER_FIELDS.items()}
+        return {f.name: later[f.name] if f.name in later else result_config[f.name] for f in fields(FitConfig)}
 
     def checkpoint_stem(self) -> str:
         """``energy2d_<methods>_K<Ks>``, e.g. ``energy2d_planar-radial_K2-8-32``: the checkpoint's name before
