@@ -51,7 +51,7 @@ __all__ = [
     "radial_constrain", "radial", "radial_inverse",
     "random_mixing", "coupling_shift", "additive_coupling", "additive_coupling_inverse",
     "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "register", "variants", "spec_for",
-    "FlowOptions", "as_options", "options_of", "check_options", "options_for", "check_run_options",
+    "as_options", "options_of", "check_options", "options_for", "check_run_options",
     "parse_options",
     "Flow", "Planar", "Radial", "AdditiveCoupling", "Compose", "DiagonalGaussian",
 ]
@@ -677,9 +677,6 @@ def variants() -> dict[str, tuple[str, dict[str, object]]]:
     return out
 
 
-#: A flow type's own options (the fields of its spec beyond ``dim`` and ``K``, e.g. NICE's ``hidden``) as
-#: sorted (name, value) pairs: hashable, so that a frozen configuration can hold them, and plain in JSON.
-FlowOptions = tuple[tuple[str, Any], ...]
 #: the value types an option may have: what JSON and a command line can both carry
 _OPTION_TYPES = (bool, int, float, str)
 
@@ -704,16 +701,18 @@ def _describe(flow: str) -> str:
     return f"{flow}'s options: {listed or 'none'}"
 
 
-def as_options(options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> FlowOptions:
-    """``options``, a mapping or (name, value) pairs (JSON stores them as lists), as :data:`FlowOptions`."""
+def as_options(options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """``options``, a mapping or (name, value) pairs (JSON stores them as lists), as the form a flow type's own options
+    (the fields of its spec beyond ``dim`` and ``K``, e.g. NICE's ``hidden``) travel in: sorted (name, value)
+    pairs, hashable, so that a frozen configuration can hold them, and plain in JSON."""
     pairs = options.items() if isinstance(options, Mapping) else (tuple(p) for p in options)
     return tuple(sorted(dict(pairs).items()))
 
 
-def check_options(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> FlowOptions:
-    """``options`` (a mapping, or (name, value) pairs as JSON stores them) as :data:`FlowOptions` after
-    checking that each is an option of ``flow`` (:func:`options_of`) with a value of its type; raises
-    ValueError naming the option and listing the flow's options otherwise."""
+def check_options(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """``options`` (a mapping, or (name, value) pairs as JSON stores them) as sorted pairs (:func:`as_options`) after
+    checking that each is an option of ``flow`` (:func:`options_of`) with a value of its type; raises ValueError
+    naming the option and listing the flow's options otherwise."""
     known, out = options_of(flow), {}
     for name, value in as_options(options):
         if name not in known:
@@ -729,9 +728,9 @@ def check_options(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]
     return as_options(out)
 
 
-def options_for(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> FlowOptions:
-    """Those of ``options`` that flow type ``flow`` has (:func:`options_of`), checked: a run of several
-    flow types gives each the options that are its own."""
+def options_for(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """Those of ``options`` that flow type ``flow`` has (:func:`options_of`), checked: a run of several flow types
+    gives each the options that are its own."""
     known = options_of(flow)
     return check_options(flow, [(n, v) for n, v in as_options(options) if n in known])
 
@@ -749,10 +748,11 @@ def _parse_value(flow: str, name: str, kind: type, text: str) -> Any:
                      f"got {text!r}")
 
 
-def check_run_options(flows: Sequence[str], options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> FlowOptions:
-    """``options`` of a run of the flow types ``flows`` as :data:`FlowOptions`, after checking that each
-    is an option of at least one of them and that its value suits every one that has it (each type gets
-    its own, :func:`options_for`). Raises ValueError naming the option and listing the flows' options."""
+def check_run_options(flows: Sequence[str], options: Mapping[str, Any] | Iterable[Sequence[Any]]
+                      ) -> tuple[tuple[str, Any], ...]:
+    """``options`` of a run of the flow types ``flows`` as sorted pairs (:func:`as_options`), after checking that each
+    is an option of at least one of them and that its value suits every one that has it (each type gets its own,
+    :func:`options_for`). Raises ValueError naming the option and listing the flows' options."""
     types = list(dict.fromkeys(flows))
     for name, value in as_options(options):
         owners = [f for f in types if name in options_of(f)]
@@ -764,9 +764,9 @@ def check_run_options(flows: Sequence[str], options: Mapping[str, Any] | Iterabl
     return as_options(options)
 
 
-def parse_options(flows: Sequence[str], items: Iterable[str]) -> FlowOptions:
-    """Command-line ``KEY=VALUE`` items as :data:`FlowOptions` for a run of the flow types ``flows``, each
-    value read as its option's type (:func:`check_run_options` checks the rest). Raises ValueError saying
+def parse_options(flows: Sequence[str], items: Iterable[str]) -> tuple[tuple[str, Any], ...]:
+    """Command-line ``KEY=VALUE`` items as sorted pairs (:func:`as_options`) for a run of the flow types ``flows``,
+    each value read as its option's type (:func:`check_run_options` checks the rest). Raises ValueError saying
     what was wrong and listing the flows' options."""
     out: dict[str, Any] = {}
     for item in items:

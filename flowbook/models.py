@@ -83,7 +83,7 @@ class DLGMConfig:
     logit_normal_variance: Literal["per_dim", "amortized"] = "per_dim"
     nice_hidden: int = 40
     seed: int = 0
-    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.FlowOptions
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.as_options
 
     def __post_init__(self) -> None:
         if self.flow not in flows.SPECS:

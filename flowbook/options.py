@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .flows import FlowOptions, parse_options
+from .flows import parse_options
 from .results import require_writable_dir
 
 __all__ = ["OptionError", "MAX_K", "MAX_SEED", "MAX_HIDDEN", "run_main", "default_mode",
@@ -225,7 +225,7 @@ def add_flow_option_argument(parser: argparse.ArgumentParser) -> None:
                              "one is refused with the flow's options")
 
 
-def flow_options_from_args(args: argparse.Namespace, flow_types: Iterable[str]) -> FlowOptions:
+def flow_options_from_args(args: argparse.Namespace, flow_types: Iterable[str]) -> tuple[tuple[str, Any], ...]:
     """``--flow-option``'s items for a run of ``flow_types``, each value read as its option's type
     (:func:`flowbook.flows.parse_options`); raises :class:`OptionError` naming what was wrong."""
     try:

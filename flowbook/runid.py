@@ -32,7 +32,7 @@ class RunConfig(Protocol):
 
 #: Training fields added after rows were stored, with the value that means "as before" (a run from scratch).
 #: At that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
-#: ``flow_options`` (a flow type's own options, :data:`flowbook.flows.FlowOptions`) is neutral when empty.
+#: ``flow_options`` (a flow type's own options, :func:`flowbook.flows.as_options`) is neutral when empty.
 LATER_FIELDS: dict[str, Any] = {"init_from": "", "init_sha256": "", "updates_before": 0, "warmup": 0,
                                 "ema_decay": 0.0, "fused": False, "flow_options": ()}
 _ABSENT = object()

@@ -95,7 +95,7 @@ class TrainConfig:
     fused: bool = False  # Adam's whole step in one kernel (the same arithmetic; benchmarks/update_speed.py)
     # the flow types' own options (flowbook.flows.options_of), sorted (name, value) pairs; each row gets
     # those its flow type has, and each option must be one of some row's
-    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.FlowOptions
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.as_options
 
     def __post_init__(self) -> None:
         try:  # each option must be some row's (DLGMConfig checks each row's own)

@@ -46,7 +46,7 @@ class FitConfig:
     confine_scale: float = energies.CONFINE_SCALE
     # the flow types' own options (flowbook.flows.options_of), sorted (name, value) pairs: each type gets
     # those it has (flowbook.flows.options_for), and each option must be one of some method's type
-    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.FlowOptions
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.as_options
 
     def __post_init__(self) -> None:
         known = flows.variants()
@@ -126,7 +126,7 @@ class FitGroup(nn.Module):
     """
 
     def __init__(self, family: str, labels: Sequence[Label], nice_hidden: int = 32,
-                 generator: torch.Generator | None = None, flow_options: flows.FlowOptions = ()):
+                 generator: torch.Generator | None = None, flow_options: tuple[tuple[str, Any], ...] = ()):
         super().__init__()
         if family not in flows.SPECS:
             raise ValueError(f"FitGroup: family must be one of {tuple(flows.SPECS)}, got {family!r}")
