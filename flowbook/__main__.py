@@ -36,8 +36,9 @@ import torch
 
 from . import flows
 from .checkpoints import CheckpointError
-from .options import (MAX_HIDDEN, MAX_K, OptionError, add_run_arguments, check_float, check_int, check_run_options,
-                      config_from_args, parse_checked, run_main, weights_dir_for)
+from .options import (MAX_HIDDEN, MAX_K, OptionError, add_flow_option_argument, add_run_arguments, check_float,
+                      check_int, check_run_options, config_from_args, flow_options_from_args, parse_checked, run_main,
+                      weights_dir_for)
 
 MNIST_TRAIN, MNIST_TEST = 50_000, 10_000  # binarized MNIST's training and test splits
 #: The options that change a field of the mode's preset (:data:`flowbook.train.PRESETS`) when given.
@@ -52,7 +53,8 @@ def _config(args: argparse.Namespace):
     flow, K = args.flow or "planar", args.K or 0
     rows = parse_rows(args.rows) if args.rows else ((flow, K),)
     stage = continuation(flow, K, args.continue_from) if args.continue_from else {}
-    return config_from_args(PRESETS[args.mode], args, CONFIG_OPTIONS, rows=rows, **stage)
+    options = flow_options_from_args(args, [f for f, _ in rows])
+    return config_from_args(PRESETS[args.mode], args, CONFIG_OPTIONS, rows=rows, flow_options=options, **stage)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -117,7 +119,7 @@ def _check(args: argparse.Namespace) -> None:
 DELEGATED = {"evaluate-weights": ("evalcli", "evaluate the committed weights of a stored Table 2 row again "
                                                 "(e.g. S = 5000) and add it to its result"),
              "data": ("datacli", "prepare the data root: `data fetch` checks, downloads or builds MNIST and CIFAR-10"),
-             "store": ("store", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}
+             "store": ("storecli", "the stored runs' results and weights: verify, fetch or regenerate the manifest")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +146,7 @@ def _main(argv: list[str]) -> int:
         p.add_argument("--K", type=int, help="flow length (default 0: diagonal Gaussian)")
         p.add_argument("--rows", help="several rows trained together, e.g. planar:0,planar:10,nice:10 "
                                       "(instead of --flow and --K)")
+        add_flow_option_argument(p)
         p.add_argument("--optimizer", choices=("rmsprop", "adam"))
         p.add_argument("--lr", type=float)
         p.add_argument("--lr-final", dest="lr_final", type=float, help="cosine decay of the rate to this value")

@@ -1,7 +1,7 @@
 """Checkpoints of a training run, for every dataset: naming, atomic saves, resumption, leftovers.
 
 A checkpoint holds the parameters, the optimizer state, the noise generator's state, the update count and
-the training log of a run: of Algorithm 1 (:func:`flowbook.train.train`, MNIST and CIFAR-10) or of the 2-D
+the training log of a run: of Algorithm 1 (:func:`flowbook.trainer.train`, MNIST and CIFAR-10) or of the 2-D
 fits (:func:`flowbook.experiments2d.train`). It is named after its configuration
 (:meth:`flowbook.runid.RunConfig.checkpoint_stem` and the digest). It is written atomically (a
 per-process temporary, fsynced, then renamed), so a run killed at any moment (even with ``kill -9``)
@@ -31,7 +31,7 @@ __all__ = ["CheckpointError", "RESTART_HINT", "checkpoint_path", "legacy_checkpo
 
 #: What a refused checkpoint's message tells the user to do.
 RESTART_HINT = "delete it, or run the same command with --restart (restart=True in train()) to start over"
-#: The keys every checkpoint of :func:`flowbook.train.train` holds (``valid_log`` and ``best`` came later and
+#: The keys every checkpoint of :func:`flowbook.trainer.train` holds (``valid_log`` and ``best`` came later and
 #: may be absent).
 KEYS = ("config", "step", "model", "optim", "noise", "log", "log_acc", "log_acc_n", "train_seconds")
 

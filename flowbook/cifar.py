@@ -2,7 +2,8 @@
 
 The paper reports −ln p(x) = −293.7, −308.6, −317.9, −320.7 nats for a DLGM with K = 0, 2, 5, 10
 planar flows on "continuous CIFAR-10 image data", and says nothing more about the data. This module
-fixes the book's reading of the setting, and reuses the MNIST code for everything else:
+fixes the book's reading of the setting; it is an experiment beside binarized MNIST's (:mod:`flowbook.train`),
+on the same dataset-free trainer (:mod:`flowbook.trainer`):
 
 * data point: a random 3×8×8 patch (D = 192), :func:`flowbook.data.cifar10_patches`; the test set is
   a fixed, seeded draw from the test images (``CIFAR10_TEST_PATCH_SEED``);
@@ -13,12 +14,12 @@ fixes the book's reading of the setting, and reuses the MNIST code for everythin
   output by the decoder (:func:`flowbook.models.logit_normal_log_likelihood`, which includes the
   logit's Jacobian);
 * model: the DLGM of :mod:`flowbook.models` with 30 latent variables and amortized planar flows,
-  trained with the MNIST optimizer and annealing (:mod:`flowbook.train`);
+  trained with the MNIST optimizer and annealing (:mod:`flowbook.trainer`);
 * reported number: −ln p_V(v) in nats per patch, the density of v = (x + u)/256 on [0, 1)^D, i.e.
   ln p_V(v) = ln p_Y(y) + D ln(1 − 2ε) (:func:`nats_per_patch`); :func:`bpd_from_nats` converts it to
   bits per dimension of the 8-bit image, 8 + (−ln p_V)/(D ln 2).
 
-Command line: the chapter's fast run (about a minute on two cores), and full mode, the paper's
+Command line (:mod:`flowbook.cifarcli`): the chapter's fast run (about a minute on two cores), and full mode, the paper's
 protocol, meant for a GPU and run in resumable pieces (repeat it until it prints "done")::
 
     python -m flowbook.cifar train --mode fast
@@ -28,15 +29,13 @@ A finished run writes ``data/results/cifar10_<mode>_K<K>.json`` per flow length,
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -44,14 +43,11 @@ from torch import Tensor
 from . import data as fdata
 from . import runner
 from .models import DLGM
-from .options import (MAX_K, OptionError, add_run_arguments, check_int, check_run_options, config_from_args,
-                      parse_checked, run_main, weights_dir_for)
-from .runid import run_name
-from .train import Run, TrainConfig, evaluate
+from .trainer import Run, TrainConfig, evaluate
 
 __all__ = ["PATCH_SIZE", "PATCH_DIM", "EPS", "LATENT", "KS", "PAPER_TABLE3", "CifarConfig", "FAST", "FULL",
            "STORED", "config_for", "unit_patches", "train_data", "valid_data", "test_data", "nats_per_patch",
-           "bpd_from_nats", "row_metrics", "evaluate_rows", "finish", "load_full_results", "to_pixels", "main"]
+           "bpd_from_nats", "row_metrics", "evaluate_rows", "finish", "load_full_results", "to_pixels"]
 
 PATCH_SIZE = 8
 PATCH_DIM = 3 * PATCH_SIZE * PATCH_SIZE  # D = 192
@@ -67,9 +63,11 @@ TEST_NOISE_SEED = 12
 
 @dataclass(frozen=True)
 class CifarConfig(TrainConfig):
-    """A :class:`flowbook.train.TrainConfig` for CIFAR-10 patches: the same optimizer, annealing and
-    evaluation fields, plus the data fields the MNIST trainer does not have; as the runner's
-    configuration (:mod:`flowbook.runner`) it names the ``cifar10_*`` results and gives the patches."""
+    """A :class:`flowbook.trainer.TrainConfig` for CIFAR-10 patches: the same optimizer, annealing and
+    evaluation fields as MNIST's, plus the fields of its patches; as the runner's
+    configuration (:mod:`flowbook.runner`) it names the ``cifar10_*`` results (e.g. ``cifar10_stored_planar_K10``
+    or ``cifar10_fast_seed0_diagonal``), gives the patches and evaluates in nats per patch."""
+    dataset: ClassVar[str] = "cifar10"
     rows: tuple[tuple[str, int], ...] = tuple(("planar", K) for K in KS)
     likelihood: str = "logit_normal"
     data_dim: int = PATCH_DIM
@@ -83,18 +81,13 @@ class CifarConfig(TrainConfig):
     valid_images: int = 0
 
     def model_fields(self) -> dict[str, Any]:
-        """MNIST's fields and the patches' data dimension, latent size and logit-normal variance."""
+        """The common fields and the patches' data dimension, latent size and logit-normal variance."""
         return {**super().model_fields(), "data_dim": self.data_dim, "latent": self.latent,
                 "logit_normal_variance": self.logit_normal_variance}
 
-    def result_name(self, flow: str, K: int) -> str:
-        """The result (and weights) name of one row (:func:`flowbook.runid.run_name`), e.g.
-        ``cifar10_stored_planar_K10`` or ``cifar10_fast_seed0_diagonal`` (K = 0)."""
-        return run_name("cifar10", flow, K, self.mode, self.label)
-
     def checkpoint_stem(self) -> str:
         """``cifar10_<mode>[_<label>]_K<K>[-<K>...]``, e.g. ``cifar10_stored_K10`` or ``cifar10_fast_K0-2-5-10``
-        (the result names, :meth:`result_name`, name the flow; the checkpoints keep this older form):
+        (the result names, :meth:`~flowbook.trainer.TrainConfig.result_name`, name the flow; the checkpoints keep this older form):
         the checkpoint's name before its digest (all rows are planar)."""
         label = f"_{self.label.replace(' ', '-')}" if self.label else ""
         return f"cifar10_{self.mode}{label}_K{'-'.join(str(K) for _, K in self.rows)}"
@@ -224,7 +217,7 @@ def bpd_from_nats(nats: Tensor | float, dim: int = PATCH_DIM) -> Tensor | float:
 
 def row_metrics(row: DLGM, x_test: Tensor, samples: int, dim: int = PATCH_DIM, eps: float = EPS,
                 seed: int = 1234) -> dict[str, Any]:
-    """One trained row on the test patches y, in nats per patch of v: :func:`flowbook.train.evaluate`
+    """One trained row on the test patches y, in nats per patch of v: :func:`flowbook.trainer.evaluate`
     (bound and importance-sampled ln p(x) with the same S draws) plus D ln(1 − 2ε)'s correction
     (:func:`nats_per_patch`), the bits per dimension and the standard errors."""
     shift = -fdata.unit_interval_log_jacobian(dim, eps)  # −ln p_V = −ln p_Y + shift
@@ -272,67 +265,7 @@ def load_full_results(directory: str | Path | None = None) -> dict[int, dict[str
     return out
 
 
-#: Bounds of the command line's options (beyond them a value is almost surely a typo): one million training
-#: patches are the full protocol's, ten million take 7.7 GB as float32; the full test set is 10 000 patches.
-MAX_N_TRAIN = 10_000_000
-MAX_EVAL_POINTS = 100_000
+if __name__ == "__main__":  # `python -m flowbook.cifar train ...`, the command of .ci and chapter 6: a thin entry
+    from flowbook.cifarcli import main
 
-
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse out-of-range options before any data loads (:class:`flowbook.options.OptionError`)."""
-    Ks = []
-    for item in args.K.split(","):
-        item = item.strip()
-        if not re.fullmatch(r"\d+", item):
-            raise OptionError(f"--K must be comma-separated flow lengths in 0..{MAX_K}, e.g. 0,2,5,10; "
-                              f"got {args.K!r} ({item!r} is not a non-negative integer)")
-        check_int("--K", int(item), 0, MAX_K, " (the paper's Table 3 uses 0, 2, 5, 10)")
-        Ks.append(int(item))
-    if len(set(Ks)) != len(Ks):
-        raise OptionError(f"--K lists a flow length twice ({args.K!r}); each row's results are named by K")
-    preset = config_for(args.mode)
-    check_run_options(args, train=True, evaluate=True)
-    check_int("--n-train", args.n_train, preset.batch_size, MAX_N_TRAIN,
-              f" (at least one minibatch of {preset.batch_size})")
-    check_int("--eval-points", args.eval_points, 1, MAX_EVAL_POINTS)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flowbook.cifar train ...``: train the four rows of Table 3 together, then evaluate.
-    Returns the exit status (:func:`flowbook.runner.train_command`'s; 1 for a fault of the data or the
-    numbers, with one line, :func:`flowbook.options.run_main`)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return run_main("python -m flowbook.cifar", lambda: _main(argv))
-
-
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flowbook.cifar", description=main.__doc__)
-    parser.add_argument("command", choices=("train",))
-    add_run_arguments(parser, modes=PRESETS, ckpt_dir="data/checkpoints/cifar10")
-    parser.add_argument("--K", default=",".join(map(str, KS)), help="flow lengths trained together, e.g. 0,2,5,10")
-    parser.add_argument("--variance", dest="logit_normal_variance", choices=("per_dim", "amortized"),
-                        help="logit-normal variance")
-    parser.add_argument("--n-train", dest="n_train", type=int, help="training patches (drawn once)")
-    args = parse_checked(parser, argv, _check_args)
-    rows = tuple(("planar", int(k)) for k in args.K.split(","))
-    cfg = config_from_args(config_for(args.mode), args, ("updates", "n_train", "eval_points", "eval_samples",
-                                                         "label", "seed", "logit_normal_variance"), rows=rows)
-    run = runner.train_command(cfg, args, prog=parser.prog, progress=False)
-    if isinstance(run, int):
-        return run
-    metrics = finish(run, device=runner.pick_device(args.device), out_dir=args.out,
-                     command=runner.command_line(parser.prog, argv), weights_dir=weights_dir_for(args),
-                     overwrite=args.overwrite)
-    print(_summary(metrics, f"done: {cfg.updates} updates in {run.train_seconds:.0f} s; results in {args.out}"))
-    return 0
-
-
-def _summary(metrics: dict[int, dict[str, Any]], last: str) -> str:
-    """The command's report: one line per row (its bounds in nats per patch and bits per dimension), then ``last``."""
-    rows = [f"K = {K:2d}: bound {m['neg_elbo']:.1f}, -ln p(x) {m['neg_log_p']:.1f} nats/patch "
-            f"({m['bpd']:.3f} bits/dim; S = {m['samples']}, {m['points']} test patches)" for K, m in metrics.items()]
-    return "\n".join([*rows, last])
-
-
-if __name__ == "__main__":
     sys.exit(main())

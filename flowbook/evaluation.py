@@ -1,7 +1,7 @@
 """The paper's evaluation of a trained DLGM (Section 6.2, Figure 4): per test point, the negative ELBO and
 the importance-sampled −ln p(x) from the same S draws of q_K(z | x), and their test-set summary.
 
-:func:`flowbook.train.evaluate` runs it in one go. :func:`evaluate_resumable` runs it in pieces: S = 5000
+:func:`flowbook.trainer.evaluate` runs it in one go. :func:`evaluate_resumable` runs it in pieces: S = 5000
 on all 10 000 test digits is 20–55 CPU-minutes per Table 2 row on one thread, so a run that is stopped
 (a time limit, a killed process) saves what it has and continues where it stopped.
 """
@@ -127,7 +127,7 @@ def evaluate_resumable(model: DLGM, x_test: Tensor, samples: int, state_path: st
     Batch b draws from a generator seeded ``seed + b``, so a resumed evaluation draws exactly what an
     uninterrupted one would, whatever the device of the model. Returns the :func:`summarize` metrics (plus
     ``eval_seconds``, the evaluation time summed over all pieces, and ``per_point``, each point's values as
-    in :func:`flowbook.train.evaluate`) when every point is done, or None when
+    in :func:`flowbook.trainer.evaluate`) when every point is done, or None when
     ``max_minutes`` ran out first (the state is saved; call again to continue). A state saved for other
     weights, samples, seed, batch or points is refused with the path to delete."""
     p = next(model.parameters())

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,8 @@ __all__ = [
     "radial_constrain", "radial", "radial_inverse",
     "random_mixing", "coupling_shift", "additive_coupling", "additive_coupling_inverse",
     "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "register", "variants", "spec_for",
+    "as_options", "options_of", "check_options", "options_for", "check_run_options",
+    "parse_options",
     "Flow", "Planar", "Radial", "AdditiveCoupling", "Compose", "DiagonalGaussian",
 ]
 
@@ -520,7 +523,9 @@ class PlanarSpec(FlowSpec):
 
     def free_start(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                    ) -> dict[str, Tensor]:
-        """u, w uniform in ±1/√D (not the identity), at the scale of a linear layer, and b = 0."""
+        """u, w uniform in ±1/√D (not the identity), at the scale of a linear layer, and b = 0: the start of
+        the 2-D fits (:class:`flowbook.experiments2d.FitGroup`) and of a :class:`Planar` module (with
+        ``generator`` None, torch's global one)."""
         bound = 1.0 / math.sqrt(self.dim)
         shape = (*batch, self.K, self.dim)
         return {"u": (torch.rand(shape, generator=generator) * 2 - 1) * bound,
@@ -672,12 +677,114 @@ def variants() -> dict[str, tuple[str, dict[str, object]]]:
     return out
 
 
+#: the value types an option may have: what JSON and a command line can both carry
+_OPTION_TYPES = (bool, int, float, str)
+
+
+def _spec_class(flow: str, where: str) -> type[FlowSpec]:
+    if flow not in SPECS:
+        raise ValueError(f"{where}: flow must be one of {tuple(SPECS)}, got {flow!r}")
+    return SPECS[flow]
+
+
+def options_of(flow: str) -> dict[str, type]:
+    """The options of flow type ``flow`` (a key of :data:`SPECS`): its spec's fields beyond ``dim`` and
+    ``K``, by name, with their types (e.g. planar: ``impl`` str, ``inverse_iters`` int)."""
+    cls = _spec_class(flow, "options_of")
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in ("dim", "K")}
+
+
+def _describe(flow: str) -> str:
+    """``flow``'s options for an error message, e.g. ``planar's options: impl (str), inverse_iters (int)``."""
+    listed = ", ".join(f"{n} ({getattr(t, '__name__', t)})" for n, t in options_of(flow).items())
+    return f"{flow}'s options: {listed or 'none'}"
+
+
+def as_options(options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """``options``, a mapping or (name, value) pairs (JSON stores them as lists), as the form a flow type's own options
+    (the fields of its spec beyond ``dim`` and ``K``, e.g. NICE's ``hidden``) travel in: sorted (name, value)
+    pairs, hashable, so that a frozen configuration can hold them, and plain in JSON."""
+    pairs = options.items() if isinstance(options, Mapping) else (tuple(p) for p in options)
+    return tuple(sorted(dict(pairs).items()))
+
+
+def check_options(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """``options`` (a mapping, or (name, value) pairs as JSON stores them) as sorted pairs (:func:`as_options`) after
+    checking that each is an option of ``flow`` (:func:`options_of`) with a value of its type; raises ValueError
+    naming the option and listing the flow's options otherwise."""
+    known, out = options_of(flow), {}
+    for name, value in as_options(options):
+        if name not in known:
+            raise ValueError(f"{name!r} is not an option of the {flow} flow; {_describe(flow)}")
+        kind = known[name]
+        # an int is a valid float; a bool is not a valid int (it would be a typo for a count)
+        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool)) \
+            or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if kind not in _OPTION_TYPES or not fits:
+            raise ValueError(f"the {flow} flow's option {name} must be of type "
+                             f"{getattr(kind, '__name__', kind)}, got {value!r}; {_describe(flow)}")
+        out[name] = value
+    return as_options(out)
+
+
+def options_for(flow: str, options: Mapping[str, Any] | Iterable[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """Those of ``options`` that flow type ``flow`` has (:func:`options_of`), checked: a run of several flow types
+    gives each the options that are its own."""
+    known = options_of(flow)
+    return check_options(flow, [(n, v) for n, v in as_options(options) if n in known])
+
+
+def _parse_value(flow: str, name: str, kind: type, text: str) -> Any:
+    """``text`` as a value of ``kind`` (bool: true/false, 1/0, yes/no)."""
+    if kind is bool and text.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return text.lower() in ("true", "1", "yes")
+    try:
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        pass
+    raise ValueError(f"the {flow} flow's option {name} must be of type {getattr(kind, '__name__', kind)}, "
+                     f"got {text!r}")
+
+
+def check_run_options(flows: Sequence[str], options: Mapping[str, Any] | Iterable[Sequence[Any]]
+                      ) -> tuple[tuple[str, Any], ...]:
+    """``options`` of a run of the flow types ``flows`` as sorted pairs (:func:`as_options`), after checking that each
+    is an option of at least one of them and that its value suits every one that has it (each type gets its own,
+    :func:`options_for`). Raises ValueError naming the option and listing the flows' options."""
+    types = list(dict.fromkeys(flows))
+    for name, value in as_options(options):
+        owners = [f for f in types if name in options_of(f)]
+        if not owners:
+            raise ValueError(f"{name!r} is not an option of the {', '.join(types)} flow "
+                             f"({'; '.join(_describe(f) for f in types)})")
+        for flow in owners:
+            check_options(flow, {name: value})
+    return as_options(options)
+
+
+def parse_options(flows: Sequence[str], items: Iterable[str]) -> tuple[tuple[str, Any], ...]:
+    """Command-line ``KEY=VALUE`` items as sorted pairs (:func:`as_options`) for a run of the flow types ``flows``,
+    each value read as its option's type (:func:`check_run_options` checks the rest). Raises ValueError saying
+    what was wrong and listing the flows' options."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"a flow option is KEY=VALUE, e.g. hidden=64; got {item!r}")
+        owner = next((f for f in flows if name in options_of(f)), None)
+        if owner is not None:  # one that no flow has is refused below, with the flows' options
+            text = _parse_value(owner, name, options_of(owner)[name], text.strip())
+        out[name] = text
+    return check_run_options(flows, out)
+
+
 def spec_for(flow: str, dim: int, K: int, **options) -> FlowSpec:
     """The spec of flow type ``flow`` (a key of :data:`SPECS`); ``options`` that the type does not have
     (e.g. ``hidden`` for a planar flow) are ignored, so one call serves every type."""
-    if flow not in SPECS:
-        raise ValueError(f"spec_for: flow must be one of {tuple(SPECS)}, got {flow!r}")
-    cls = SPECS[flow]
+    cls = _spec_class(flow, "spec_for")
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(dim, K, **{k: v for k, v in options.items() if k in fields})
 
@@ -727,11 +834,10 @@ class Planar(Flow):
 
     def __init__(self, dim: int, K: int, impl: str = "auto"):
         super().__init__(PlanarSpec(dim, K, impl=impl))
-        # u and w start at random (not at the identity), with the scale of a linear layer's 1/√D
-        bound = 1.0 / math.sqrt(dim)
-        self.u = nn.Parameter(torch.empty(K, dim).uniform_(-bound, bound))
-        self.w = nn.Parameter(torch.empty(K, dim).uniform_(-bound, bound))
-        self.b = nn.Parameter(torch.zeros(K))
+        # u and w start at random (not at the identity), as a 2-D fit does: PlanarSpec.free_start, drawn
+        # from torch's global generator
+        for name, value in self.spec.free_start().items():
+            setattr(self, name, nn.Parameter(value))
 
 
 class Radial(Flow):

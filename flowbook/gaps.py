@@ -39,7 +39,7 @@ def _log_q_and_z(model: DLGM, mu: Tensor, log_sigma: Tensor, params: tuple[Tenso
 def posterior_bounds(model: DLGM, x: Tensor, mu: Tensor, log_sigma: Tensor, params: tuple[Tensor, ...],
                      samples: int, seed: int = 0, chunk: int = 100) -> tuple[Tensor, Tensor]:
     """Per-digit −ELBO and importance-sampled −ln p(x) (S = ``samples``) of the posterior with these
-    parameters, from the same draws (as :func:`flowbook.train.evaluate`)."""
+    parameters, from the same draws (as :func:`flowbook.trainer.evaluate`)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
 
     def propose(n: int) -> tuple[Tensor, Tensor]:

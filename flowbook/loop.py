@@ -1,7 +1,7 @@
 """The resumable training loop every trainer runs: updates one after another, a checkpoint every so many
 updates and when it stops, and a stop after a time limit (the runner's ``--max-minutes``).
 
-What an update does (Algorithm 1's step for a DLGM, :func:`flowbook.train.train`; the 2-D fits' step,
+What an update does (Algorithm 1's step for a DLGM, :func:`flowbook.trainer.train`; the 2-D fits' step,
 :func:`flowbook.experiments2d.train`) and what a checkpoint holds are the trainer's; when to save and
 when to stop are decided here once.
 """

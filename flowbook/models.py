@@ -43,7 +43,7 @@ with batched matrix products.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,11 @@ class DLGMConfig:
     ``hidden`` and ``window`` describe the maxout layers; ``maxout_units`` says what ``hidden`` counts
     (see the module docstring): ``"pre_activations"`` (hidden/window outputs) or ``"outputs"``.
     ``logit_normal_variance``: ``"per_dim"`` (one learned σ per data dimension, the default) or
-    ``"amortized"`` (the decoder outputs σ(z) too).
+    ``"amortized"`` (the decoder outputs σ(z) too). ``flow_options``: the flow type's own options
+    (:func:`flowbook.flows.options_of`, e.g. ``(("hidden", 64),)`` for NICE), as sorted (name, value)
+    pairs (a mapping or JSON's lists are accepted and converted); an empty one is left out of
+    :meth:`to_dict`, so the stored rows, which predate it, keep their configs. ``nice_hidden`` is the
+    NICE width the stored rows name; a ``hidden`` in ``flow_options`` takes its place.
     """
     flow: str = "planar"
     K: int = 0
@@ -79,6 +83,7 @@ class DLGMConfig:
     logit_normal_variance: Literal["per_dim", "amortized"] = "per_dim"
     nice_hidden: int = 40
     seed: int = 0
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.as_options
 
     def __post_init__(self) -> None:
         if self.flow not in flows.SPECS:
@@ -96,6 +101,11 @@ class DLGMConfig:
         if self.maxout_units == "pre_activations" and self.hidden % self.window:
             raise ValueError(f"DLGMConfig: hidden={self.hidden} pre-activations must be a multiple of "
                              f"window={self.window}")
+        try:
+            object.__setattr__(self, "flow_options", flows.check_options(self.flow, self.flow_options))
+            self.flow_spec()  # the spec checks the options' values (e.g. a planar impl)
+        except ValueError as err:
+            raise ValueError(f"DLGMConfig: {err}") from None
 
     @property
     def pre_activations(self) -> int:
@@ -113,7 +123,7 @@ class DLGMConfig:
 
     def flow_spec(self) -> flows.FlowSpec:
         """The spec of this row's flow (:func:`flowbook.flows.spec_for`) on the latent space."""
-        return flows.spec_for(self.flow, self.latent, self.K, hidden=self.nice_hidden)
+        return flows.spec_for(self.flow, self.latent, self.K, **{"hidden": self.nice_hidden, **dict(self.flow_options)})
 
     def flow_param_count(self) -> int:
         """Outputs of the amortized flow head per data point."""
@@ -123,7 +133,10 @@ class DLGMConfig:
         return "diagonal" if self.K == 0 else f"{self.flow}-K{self.K}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as plain JSON values (``flow_options`` as lists, left out when empty)."""
+        out = asdict(self)
+        options = out.pop("flow_options")
+        return {**out, "flow_options": [list(p) for p in options]} if options else out
 
 
 def maxout(a: Tensor, window: int) -> Tensor:

@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 import torch
 
+from .flows import parse_options
 from .results import require_writable_dir
 
 __all__ = ["OptionError", "MAX_K", "MAX_SEED", "MAX_HIDDEN", "run_main", "default_mode",
            "check_int", "check_float", "check_device", "check_label", "check_data_root",
            "check_writable_dir", "add_run_arguments", "check_run_options", "parse_checked", "weights_dir_for",
-           "config_from_args"]
+           "config_from_args", "add_flow_option_argument", "flow_options_from_args"]
 
 #: Longest flow the command line accepts. The paper's longest is K = 80; beyond 1000 layers a run is
 #: almost surely a typo (and its per-layer loop would take hours per update on a CPU).
@@ -214,3 +215,20 @@ def config_from_args(preset: C, args: argparse.Namespace, names: Iterable[str], 
     """``preset`` with ``changes`` and every option of ``names`` that was given (None: not given)."""
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return dataclasses.replace(preset, **{**given, **changes})  # type: ignore[type-var]
+
+
+def add_flow_option_argument(parser: argparse.ArgumentParser) -> None:
+    """``--flow-option KEY=VALUE``, repeatable: an option of the run's flow types
+    (:func:`flowbook.flows.options_of`, e.g. ``hidden=64`` for NICE), one generic way for every type."""
+    parser.add_argument("--flow-option", dest="flow_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the flow type, repeatable (e.g. hidden=64 for NICE); an unknown "
+                             "one is refused with the flow's options")
+
+
+def flow_options_from_args(args: argparse.Namespace, flow_types: Iterable[str]) -> tuple[tuple[str, Any], ...]:
+    """``--flow-option``'s items for a run of ``flow_types``, each value read as its option's type
+    (:func:`flowbook.flows.parse_options`); raises :class:`OptionError` naming what was wrong."""
+    try:
+        return parse_options(list(flow_types), args.flow_options)
+    except ValueError as err:
+        raise OptionError(f"--flow-option: {err}") from None

@@ -103,15 +103,12 @@ def save_result(name: str, *, config: dict[str, Any], metrics: dict[str, Any], w
         "config": config,
         "metrics": metrics,
     }
-    return _write_atomic(directory / f"{name}.json", record)
+    return write_json_atomic(directory / f"{name}.json", record)
 
 
 def write_json_atomic(path: Path, record: dict[str, Any], indent: int | None = 2) -> Path:
-    """Write ``record`` as strict JSON to ``path`` atomically (a reader never sees half a file)."""
-    return _write_atomic(path, record, indent)
-
-
-def _write_atomic(path: Path, record: dict[str, Any], indent: int | None = 2) -> Path:
+    """Write ``record`` as strict JSON (non-finite numbers as null) to ``path`` atomically (a reader never
+    sees half a file); returns ``path``."""
     text = json.dumps(_finite_or_null(record), indent=indent, sort_keys=False, allow_nan=False) + "\n"
     # one temporary file per call (pid and a random tag), in the same directory so the rename is atomic
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid4().hex[:12]}.tmp"
@@ -174,7 +171,7 @@ def add_evaluation(path: Path | str, evaluation: dict[str, Any], *, device: torc
         if find_evaluation(record, entry) is not None:
             return False
         record["evaluations"] = [*record.get("evaluations", []), entry]
-        _write_atomic(path, record)
+        write_json_atomic(path, record)
     return True
 
 

@@ -32,20 +32,27 @@ class RunConfig(Protocol):
 
 #: Training fields added after rows were stored, with the value that means "as before" (a run from scratch).
 #: At that value they are left out of a run's identity, so every stored row and checkpoint keeps its digest.
+#: ``flow_options`` (a flow type's own options, :func:`flowbook.flows.as_options`) is neutral when empty.
 LATER_FIELDS: dict[str, Any] = {"init_from": "", "init_sha256": "", "updates_before": 0, "warmup": 0,
-                                "ema_decay": 0.0, "fused": False}
+                                "ema_decay": 0.0, "fused": False, "flow_options": ()}
 _ABSENT = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its tuples as lists, as JSON gives it back: a config compares the same before
+    and after it is stored."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def training_fields(config: dict) -> dict:
     """The fields of a run's config that its training depends on: all but the ``eval_*`` ones and the
     :data:`LATER_FIELDS` at their neutral value (what :func:`config_digest` hashes)."""
     return {k: v for k, v in config.items()
-            if not k.startswith("eval_") and LATER_FIELDS.get(k, _ABSENT) != v}
+            if not k.startswith("eval_") and _plain(LATER_FIELDS.get(k, _ABSENT)) != _plain(v)}
 
 
 def config_digest(config: dict) -> str:
-    """:meth:`flowbook.train.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
+    """:meth:`flowbook.trainer.TrainConfig.digest` of a config stored as a dict (e.g. in a result's provenance):
     the first 12 hex digits of the sha256 of the JSON of its :func:`training_fields`."""
     return hashlib.sha256(json.dumps(training_fields(config), sort_keys=True).encode()).hexdigest()[:12]
 

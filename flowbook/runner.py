@@ -2,14 +2,15 @@
 resumption, exit statuses), and the results (provenance, no silent overwrite; for the DLGMs also float16
 weights and the test-set evaluation).
 
-An experiment is a configuration of it (:class:`~flowbook.runid.RunConfig`): a :class:`flowbook.train.TrainConfig`
-(binarized MNIST, Table 2), its subclass :class:`flowbook.cifar.CifarConfig` (CIFAR-10 patches, Table 3)
-or a :class:`flowbook.experiments2d.FitConfig` (the 2-D energies, Figure 3) says how its files are named
-(:meth:`~flowbook.train.TrainConfig.result_name`, :meth:`~flowbook.runid.RunConfig.checkpoint_stem`) and which of a
+An experiment is a configuration of it (:class:`~flowbook.runid.RunConfig`): a subclass of the dataset-free
+:class:`flowbook.trainer.TrainConfig`, :class:`flowbook.train.MnistConfig` (binarized MNIST, Table 2) or
+:class:`flowbook.cifar.CifarConfig` (CIFAR-10 patches, Table 3), or a :class:`flowbook.experiments2d.FitConfig`
+(the 2-D energies, Figure 3) says how its files are named
+(:meth:`~flowbook.trainer.TrainConfig.result_name`, :meth:`~flowbook.runid.RunConfig.checkpoint_stem`) and which of a
 stored result's fields trained it (:meth:`~flowbook.runid.RunConfig.trained_config`). A DLGM configuration also gives
 the data it trains and is tested on and how a row is evaluated
-(:meth:`~flowbook.train.TrainConfig.row_metrics`, the paper's §6.2 protocol); its training is Algorithm 1
-in :func:`flowbook.train.train`, the 2-D fits' is :func:`flowbook.experiments2d.train`. Checkpoints are
+(:meth:`~flowbook.trainer.TrainConfig.row_metrics`, the paper's §6.2 protocol); its training is Algorithm 1
+in :func:`flowbook.trainer.train`, the 2-D fits' is :func:`flowbook.experiments2d.train`. Checkpoints are
 :mod:`flowbook.checkpoints`; every result is written by :func:`write_result`.
 
 Exit statuses of the commands: 0 done (or already done: nothing changed), 1 a fault of the data or the
@@ -40,8 +41,8 @@ from .evaluation import points_file_name, save_point_values
 from .results import add_evaluation, describe_device, name_lock, save_result
 from .runid import RunConfig, config_digest
 
-if TYPE_CHECKING:  # flowbook.train imports this module
-    from .train import Run, TrainConfig
+if TYPE_CHECKING:  # flowbook.trainer imports this module
+    from .trainer import Run, TrainConfig
 
 __all__ = ["pick_device", "refuse_overwrite", "stored_rows", "write_result",
            "command_line", "train_command", "needs_evaluation", "load_finished_run", "finish"]
@@ -139,11 +140,11 @@ def train_command(cfg: TrainConfig, args: argparse.Namespace, *, prog: str, eval
     ``evaluate``) a row whose result or weights belong to another run (:func:`stored_rows`), stop at
     once when every row is already this configuration's finished run, set ``--threads``, pick
     ``--device``, and train from ``--ckpt-dir`` (resuming; ``--restart``, ``--max-minutes``). Returns the
-    finished :class:`~flowbook.train.Run`, or the exit status: 0 when every row was already done (nothing
+    finished :class:`~flowbook.trainer.Run`, or the exit status: 0 when every row was already done (nothing
     changed), 2 when something was refused (one line on stderr), 3 when the run stopped before its last
     update (checkpointed; run the command again)."""
     from .options import weights_dir_for
-    from .train import train
+    from .trainer import train
 
     error = f"{prog} {args.command}: error: "
     if evaluate:
@@ -201,7 +202,7 @@ def needs_evaluation(record: dict, cfg: TrainConfig) -> bool:
 def load_finished_run(cfg: TrainConfig, ckpt_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """The finished run of ``cfg`` from its checkpoint, to evaluate it again; :class:`~flowbook.checkpoints.CheckpointError`
     (naming the file and the fix) when there is none, it is damaged or foreign, or training is not done."""
-    from .train import Run, build_model
+    from .trainer import Run, build_model
 
     path = find_checkpoint(cfg, ckpt_dir)
     if not path.exists():
@@ -226,7 +227,7 @@ def finish(run: Run, *, device: str | torch.device, out_dir: str | Path | None, 
     """Evaluate every row of a finished run on the test set and write one result JSON per row.
 
     Each row is evaluated with its best-validation parameters when the run validated
-    (:meth:`flowbook.train.Run.final_rows`); with ``weights_dir``, rounded to float16 first
+    (:meth:`flowbook.trainer.Run.final_rows`); with ``weights_dir``, rounded to float16 first
     (:func:`flowbook.pretrained.round_like_saved`) and saved there, so the result describes exactly the
     saved weights. ``x_test`` (default: the config's test set) is cut to ``eval_points``. Returns {row name:
     metrics}. A result's config holds the training and model configs, the data, the implementation the
@@ -336,7 +337,7 @@ def _result_config(run: Run, r: int, model: dict, data: dict, device: str | torc
                    weights: str | None) -> dict[str, Any]:
     """The ``config`` of row r's result: what trained it, on what, with which code, and its logs."""
     from .models import DLGMConfig
-    from .train import stage_chain
+    from .trainer import stage_chain
 
     cfg = run.config
     best = run.best[r] if r < len(run.best) else None

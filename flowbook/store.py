@@ -18,7 +18,7 @@ that the file can be fetched at that pinned revision and checked (the torch.hub 
 Only files listed in the manifest are stored runs: a stray or copied file in ``data/results/`` never
 enters a table, and a changed one is refused with a message saying how to restore it.
 
-Command line::
+Command line (:mod:`flowbook.storecli`)::
 
     python -m flowbook store verify          # every local stored file against the manifest
     python -m flowbook store fetch NAME ...  # e.g. mnist_stored_updates240k_planar_K80 (.json and .pt)
@@ -30,13 +30,11 @@ Adding a stored run takes two commits: the data files first, then the manifest t
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -44,7 +42,7 @@ from uuid import uuid4
 
 __all__ = ["REPO_ROOT", "STORED_DIRS", "MANIFEST", "DEFAULT_URL", "StoreError", "DownloadError", "manifest",
            "in_clone", "base_url", "cache_dir", "listed", "relpath_of", "restore_hint", "path", "fetch", "check_file",
-           "build_manifest", "write_manifest", "verify", "main"]
+           "build_manifest", "write_manifest", "verify", "names_to_relpaths"]
 
 #: The clone's root when flowbook runs from a clone; site-packages when it is installed from a wheel.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +278,9 @@ def verify() -> tuple[int, list[str], list[str]]:
     return checked, problems, strays
 
 
-def _names_to_relpaths(names: list[str]) -> list[str]:
+def names_to_relpaths(names: list[str]) -> list[str]:
+    """The stored files of ``names``: a file's relpath, or a run's name (its .json and .pt); StoreError
+    for a name that is neither."""
     out = []
     for name in names:
         found = [name] if name in manifest() else [r for r in manifest() if Path(r).stem == name]
@@ -289,44 +289,3 @@ def _names_to_relpaths(names: list[str]) -> list[str]:
                              "mnist_stored_planar_K80 or data/results/bench_dlgm.json)")
         out += found
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flowbook store {verify,fetch,manifest}`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m flowbook store",
-                                     description="the stored runs: verify, fetch, or regenerate the manifest")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("verify", help="check every local stored file against the manifest (exit 1 on a mismatch)")
-    p = sub.add_parser("fetch", help="download stored files into the cache")
-    p.add_argument("names", nargs="*", help="a run's name (its .json and .pt) or a file's relpath")
-    p.add_argument("--all", action="store_true", help="every stored file")
-    sub.add_parser("manifest", help=f"regenerate {MANIFEST.name} from the clone (commit the data first)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "manifest":
-            files = build_manifest()
-            print(f"{write_manifest(files)}: {len(files)} files")
-        elif args.command == "verify":
-            checked, problems, strays = verify()
-            where = REPO_ROOT if in_clone() else cache_dir()
-            for s in strays:
-                print(f"not stored (no table reads it): {s}")
-            for problem in problems:
-                print(problem, file=sys.stderr)
-            print(f"{checked - len(problems)} of {checked} stored files in {where} match the manifest "
-                  f"({len(manifest())} listed); {len(problems)} problem(s)")
-            return 1 if problems else 0
-        else:
-            if bool(args.names) == args.all:
-                parser.error("give the names of stored runs or --all")
-            rels = sorted(manifest()) if args.all else _names_to_relpaths(args.names)
-            for rel in rels:
-                print(fetch(rel))
-    except StoreError as err:
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

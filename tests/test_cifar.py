@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowbook import cifar, data
+from flowbook import cifar, cifarcli, data
 from flowbook.models import logit_normal_log_likelihood
 
 
@@ -142,7 +142,7 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
         data.load_cifar10("test", download=False)
     except data.DataFileError as err:
         pytest.skip(f"no CIFAR-10 in the data root: {err}")
-    assert cifar.main(args) == 0
+    assert cifarcli.main(args) == 0
     record = json.loads((tmp_path / "res" / "cifar10_full_dry-run_planar_K2.json").read_text())
     assert record["config"]["train"]["optimizer"] == "rmsprop" and record["config"]["updates_done"] == 4
     assert record["config"]["train"]["seed"] == 3 and record["config"]["model"]["seed"] == 3
@@ -168,6 +168,9 @@ def test_cli_dry_run_writes_labelled_results(tmp_path, capsys):
     (["--max-minutes", "0"], "--max-minutes must be a finite number > 0"),
     (["--max-minutes", "nan"], "--max-minutes must be a finite number > 0"),
     (["--threads", "0"], "--threads must be ≥ 1"),
+    (["--flow-option", "hidden=3"], "--flow-option: 'hidden' is not an option of the planar flow (planar's options: "
+                                    "impl (str), inverse_iters (int))"),
+    (["--flow-option", "impl=gpu"], "PlanarSpec: impl must be one of ('auto', 'autograd', 'fused', 'native'), got 'gpu'"),
     (["--seed", "-3"], "--seed must be in 0..4294967295"),
     (["--label", "a/b"], "--label may hold only"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
@@ -177,7 +180,7 @@ def test_cli_refuses_bad_options_before_loading_data(tmp_path, refused, monkeypa
         raise AssertionError("the data were loaded before the options were checked")
 
     monkeypatch.setattr(cifar.fdata, "load_cifar10", no_data)
-    assert names in refused(cifar.main, ["train", *options, "--ckpt-dir", str(tmp_path / "ckpt"),
+    assert names in refused(cifarcli.main, ["train", *options, "--ckpt-dir", str(tmp_path / "ckpt"),
                                          "--out", str(tmp_path / "out")])
 
 
@@ -188,7 +191,7 @@ def test_cli_refuses_cuda_without_cuda_and_unwritable_directories(tmp_path, refu
     for options, names in ((["--device", "cuda"], "--device cuda: CUDA is not available here"),
                            (["--ckpt-dir", str(blocker / "c")], f"--ckpt-dir {blocker / 'c'}: cannot write there"),
                            (["--out", str(blocker / "o")], f"--out {blocker / 'o'}: cannot write there")):
-        assert names in refused(cifar.main, ["train", "--ckpt-dir", str(tmp_path / "ckpt"),
+        assert names in refused(cifarcli.main, ["train", "--ckpt-dir", str(tmp_path / "ckpt"),
                                              "--out", str(tmp_path / "out"), *options])
 
 
@@ -197,7 +200,7 @@ def test_cli_refuses_another_configurations_result_before_loading_data(tmp_path,
     out = tmp_path / "out"
     out.mkdir()
     (out / "cifar10_fast_planar_K2.json").write_text(json.dumps({"config": {"train": {"lr": 9.0}}}))
-    assert cifar.main(["train", "--K", "0,2", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)]) == 2
+    assert cifarcli.main(["train", "--K", "0,2", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)]) == 2
     assert "cifar10_fast_planar_K2.json holds a result of another configuration" in capsys.readouterr().err
 
 
@@ -210,6 +213,6 @@ def test_cli_ends_with_one_line_and_status_1_on_a_damaged_dataset(tmp_path, caps
     monkeypatch.setenv("FLOWBOOK_DATA", str(root))
     argv = ["train", "--K", "0", "--updates", "2", "--n-train", "200", "--eval-points", "5", "--eval-samples", "2",
             "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]
-    assert cifar.main(argv) == 1
+    assert cifarcli.main(argv) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("python -m flowbook.cifar: error: ") and str(root / "cifar10.npz") in line

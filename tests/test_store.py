@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from flowbook import results, store
+from flowbook import results, store, storecli
 
 BENCH = "data/results/bench_dlgm.json"
 #: A minimal result record, for a repository made in a test.
@@ -121,37 +121,37 @@ def test_a_changed_local_file_is_refused_with_how_to_restore_it(git_clone):
 
 
 def test_manifest_refuses_uncommitted_data_and_verify_names_mismatches(git_clone, capsys):
-    assert store.main(["manifest"]) == 0
+    assert storecli.main(["manifest"]) == 0
     entry = store.manifest()[BENCH]
     head = subprocess.run(["git", "-C", str(git_clone), "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     data = json.dumps(RECORD).encode()
     assert entry == {"size": len(data), "sha256": _sha256(data), "commit": head}
     (git_clone / "data" / "results" / "stray_old.json").write_text("{}")
-    assert store.main(["verify"]) == 0
+    assert storecli.main(["verify"]) == 0
     assert "not stored (no table reads it): data/results/stray_old.json" in capsys.readouterr().out
     (git_clone / BENCH).write_text(json.dumps({**RECORD, "name": "other"}))
-    assert store.main(["manifest"]) == 1
+    assert storecli.main(["manifest"]) == 1
     assert "uncommitted changes in data/results/bench_dlgm.json: commit the data files first" in capsys.readouterr().err
     assert json.loads(store.MANIFEST.read_text())["files"][BENCH] == entry  # unchanged
-    assert store.main(["verify"]) == 1
+    assert storecli.main(["verify"]) == 1
     err = capsys.readouterr().err
     assert "data/results/bench_dlgm.json is not the stored data/results/bench_dlgm.json" in err
     (git_clone / BENCH).unlink()
-    assert store.main(["verify"]) == 1
+    assert storecli.main(["verify"]) == 1
     assert "data/results/bench_dlgm.json is missing; restore it with `git checkout" in capsys.readouterr().err
 
 
 def test_fetch_command_downloads_a_run_by_name(outside_clone, store_server, capsys):
     outside_clone(store_server(store.REPO_ROOT))
-    assert store.main(["fetch", "mnist_stored_updates120k_planar_K80"]) == 0
+    assert storecli.main(["fetch", "mnist_stored_updates120k_planar_K80"]) == 0
     fetched = capsys.readouterr().out.split()
     assert sorted(p.rsplit("/", 1)[1] for p in fetched) == ["mnist_stored_updates120k_planar_K80.json",
                                                             "mnist_stored_updates120k_planar_K80.pt"]
-    assert store.main(["fetch", "mnist_stored_planar_K7"]) == 1
+    assert storecli.main(["fetch", "mnist_stored_planar_K7"]) == 1
     assert "'mnist_stored_planar_K7' is neither a stored file nor the name of one" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        store.main(["fetch"])
+        storecli.main(["fetch"])
 
 
 def test_a_stray_result_never_enters_load_results(git_clone):

@@ -1,4 +1,5 @@
-"""Tests of flowbook.train and the CLI: exact resumption, batched rows, evaluation, results."""
+"""Tests of flowbook.trainer (exact resumption, batched rows, evaluation), binarized MNIST's experiment
+(flowbook.train) and the CLI."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ import torch
 
 from flowbook.models import DLGM, DLGMConfig
 from flowbook import train as train_module
+from flowbook import trainer
 from flowbook.checkpoints import CheckpointError, checkpoint_path
 from flowbook.runner import finish
 from flowbook.train import FAST, TrainConfig, evaluate, parse_rows, train
@@ -211,7 +213,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp
         Path(f).write_bytes(b"half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_module.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(CheckpointError, match=f"could not write checkpoint {path} .*No space left"):
         train(cfg, x_train=x, ckpt_dir=tmp_path)
     assert path.read_bytes() == before
@@ -290,7 +292,7 @@ def test_a_resume_on_the_other_planar_implementation_is_refused(tmp_path):
     train(cfg, x_train=_data(), ckpt_dir=tmp_path, stop_at=5)
     path = checkpoint_path(cfg, tmp_path)
     state = torch.load(path, weights_only=False)
-    assert state["planar_impl"] == train_module._planar_impl(cfg, torch.device("cpu"))
+    assert state["planar_impl"] == trainer._planar_impl(cfg, torch.device("cpu"))
     assert state["planar_impl"] in ("flowbook.kernels.native planar_chain", "flowbook.kernels.fused.planar_chain")
     state["planar_impl"] = "flowbook.kernels.elsewhere planar_chain"
     torch.save(state, path)

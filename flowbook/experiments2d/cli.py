@@ -24,8 +24,8 @@ from flowbook import energies, flows, runner
 from flowbook.checkpoints import CheckpointError, open_checkpoint
 from flowbook.experiments2d.model import FAST, FULL, FitConfig, fit_state, target_potential
 from flowbook.experiments2d.training import CHECKPOINT_KEYS, Checkpointing, run_experiment
-from flowbook.options import (MAX_K, MAX_SEED, OptionError, check_device, check_float, check_int, check_label,
-                              check_writable_dir, parse_checked)
+from flowbook.options import (MAX_K, MAX_SEED, OptionError, add_flow_option_argument, check_device, check_float,
+                              check_int, check_label, check_writable_dir, flow_options_from_args, parse_checked)
 
 __all__ = ["MAX_SAMPLES", "MAX_HIDDEN", "MAX_EVAL_SAMPLES", "main"]
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--nice-hidden", type=int, default=None, help="override the hidden units of NICE couplings")
     parser.add_argument("--eval-samples", dest="eval_samples", type=int, default=None,
                         help="override the samples of each fit's reported F and KL")
+    add_flow_option_argument(parser)
     parser.add_argument("--checkpoints", type=int, nargs="*", default=[],
                         help="also evaluate the KL after these updates (convergence evidence)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the fits are overhead-bound)")
@@ -92,6 +93,9 @@ def _config(args: argparse.Namespace) -> FitConfig:
         config = replace(config, nice_hidden=args.nice_hidden)
     if args.eval_samples is not None:
         config = replace(config, eval_samples=args.eval_samples)
+    if args.flow_options:
+        known = flows.variants()
+        config = replace(config, flow_options=flow_options_from_args(args, [known[m][0] for m in config.methods]))
     return config
 
 

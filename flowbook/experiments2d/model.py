@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from flowbook import energies, flows
 from flowbook.gaussian import diagonal_normal_log_prob, repeat_per_sample, reparameterize
-from flowbook.runid import config_digest
+from flowbook.runid import LATER_FIELDS, config_digest
 
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup",
            "build_groups", "fit_state", "fit_from_state"]
@@ -44,12 +44,20 @@ class FitConfig:
     eval_samples: int = 100_000  # samples for the reported F and KL
     seed: int = 0
     confine_scale: float = energies.CONFINE_SCALE
+    # the flow types' own options (flowbook.flows.options_of), sorted (name, value) pairs: each type gets
+    # those it has (flowbook.flows.options_for), and each option must be one of some method's type
+    flow_options: tuple[tuple[str, Any], ...] = ()  # flowbook.flows.as_options
 
     def __post_init__(self) -> None:
         known = flows.variants()
         bad = [m for m in self.methods if m not in known]
         if bad:
             raise ValueError(f"FitConfig: unknown methods {bad}; choose from {tuple(known)}")
+        try:
+            options = flows.check_run_options([known[m][0] for m in self.methods], self.flow_options)
+        except ValueError as err:
+            raise ValueError(f"FitConfig: {err}") from None
+        object.__setattr__(self, "flow_options", options)
         bad = [t for t in self.targets if t not in energies.POTENTIALS]
         if bad:
             raise ValueError(f"FitConfig: unknown targets {bad}; choose from {tuple(energies.POTENTIALS)}")
@@ -65,7 +73,9 @@ class FitConfig:
     def trained_config(result_config: dict) -> dict:
         """The fields of a :class:`FitConfig` in a result's ``config``, which holds them at its top level
         next to the optimizer's and the loss's descriptions (KeyError when one is missing)."""
-        return {f.name: result_config[f.name] for f in fields(FitConfig)}
+        # a field added later (LATER_FIELDS) is absent from the results stored before it: its neutral value
+        later = {n: result_config.get(n, v) for n, v in LATER_FIELDS.items()}
+        return {f.name: later[f.name] if f.name in later else result_config[f.name] for f in fields(FitConfig)}
 
     def checkpoint_stem(self) -> str:
         """``energy2d_<methods>_K<Ks>``, e.g. ``energy2d_planar-radial_K2-8-32``: the checkpoint's name before
@@ -116,7 +126,7 @@ class FitGroup(nn.Module):
     """
 
     def __init__(self, family: str, labels: Sequence[Label], nice_hidden: int = 32,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, flow_options: tuple[tuple[str, Any], ...] = ()):
         super().__init__()
         if family not in flows.SPECS:
             raise ValueError(f"FitGroup: family must be one of {tuple(flows.SPECS)}, got {family!r}")
@@ -133,7 +143,9 @@ class FitGroup(nn.Module):
         n, K = len(labels), self.K
         # the reference planar map (autograd: these fits are small, and its graph is cheap to record);
         # 60 bisection steps in the planar inverse shrink the bracket by 2⁻⁶⁰, far below float32 resolution
-        options = {"hidden": nice_hidden, "impl": "autograd", "inverse_iters": 60}
+        # (``flow_options``: the type's own options, e.g. from the command line, which take precedence)
+        self.flow_options = flows.options_for(family, flow_options)
+        options = {"hidden": nice_hidden, "impl": "autograd", "inverse_iters": 60, **dict(self.flow_options)}
         self.spec = flows.spec_for(family, 2, K, **options)
         self.hidden = getattr(self.spec, "hidden", None)
         # slices of the fit axis that belong to each target (labels are sorted by target)
@@ -221,7 +233,7 @@ def build_groups(config: FitConfig, extra: Sequence[Label] = ()) -> list[FitGrou
         for K in ([None] if cls.pads_layers else config.Ks):
             part = [lab for lab in mine if K is None or lab[2] == K]
             if part:
-                groups.append(FitGroup(family, part, config.nice_hidden, gen))
+                groups.append(FitGroup(family, part, config.nice_hidden, gen, config.flow_options))
     return groups
 
 
@@ -236,7 +248,8 @@ def fit_state(group: FitGroup, f: int, digits: int = 7) -> dict[str, Any]:
 
     target, method, K = group.labels[f]
     params = group.fit_params(f)
-    return {"target": target, "method": method, "K": K, "hidden": getattr(group, "hidden", None),
+    options = {"flow_options": [list(p) for p in group.flow_options]} if group.flow_options else {}
+    return {"target": target, "method": method, "K": K, "hidden": getattr(group, "hidden", None), **options,
             "mean": listed(group.mean[f]), "log_std": listed(group.log_std[f]),
             "params": {name: {"shape": list(p.shape), "values": listed(p)}
                        for name, p in params.items()}}
@@ -245,7 +258,8 @@ def fit_state(group: FitGroup, f: int, digits: int = 7) -> dict[str, Any]:
 def fit_from_state(state: dict[str, Any]) -> FitGroup:
     """Rebuild a one-fit :class:`FitGroup` from :func:`fit_state` (to draw stored full-mode fits)."""
     family = flows.variants()[state["method"]][0]
-    g = FitGroup(family, [(state["target"], state["method"], state["K"])], state.get("hidden") or 32)
+    g = FitGroup(family, [(state["target"], state["method"], state["K"])], state.get("hidden") or 32,
+                 flow_options=flows.as_options(state.get("flow_options", ())))
     with torch.no_grad():
         g.mean.copy_(torch.tensor(state["mean"]))
         g.log_std.copy_(torch.tensor(state["log_std"]))
