@@ -2,6 +2,8 @@
 
 Modules:
     flows         the flow types (SPECS: planar, radial, NICE, ...): functions, one spec per type, modules (§4)
+    householder   the Householder flow (Tomczak & Welling, 2016): volume-preserving reflections
+    sylvester     Sylvester flows (van den Berg et al., 2018): z + QR h(R̃Qᵀz + b), Householder or triangular
     kernels       the fast planar chain (hand-written backward; C kernels compiled on first use), via flows
     flowmath      input checks and planar formulas shared by flows and kernels
     gaussian      the diagonal-Gaussian log-density of q0
@@ -20,3 +22,7 @@ Modules:
 """
 
 __version__ = "0.1.0"
+
+# flow modules that register their types in flowbook.flows.SPECS on import: one line per module
+from flowbook import householder  # noqa: E402,F401  (householder)
+from flowbook import sylvester  # noqa: E402,F401  (sylvester-h, sylvester-t)
