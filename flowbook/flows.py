@@ -426,11 +426,11 @@ class FlowSpec:
         return math.prod(self.shapes()[name])
 
     def unpack(self, name: str, flat: Tensor) -> Tensor:
-        """The head's outputs for ``name``, (batch, :meth:`head_numel`), as the parameter (batch, *shape)."""
+        """The head's outputs for ``name``, (batch, :meth:`head_numel`), as the parameter ``(batch, *shape)``."""
         return flat.reshape(*flat.shape[:-1], *self.shapes()[name])
 
     def pack(self, name: str, value: Tensor) -> Tensor:
-        """The inverse of :meth:`unpack`: parameter ``name`` (…, *shape) as (…, :meth:`head_numel`) outputs."""
+        """The inverse of :meth:`unpack`: parameter ``name`` ``(…, *shape)`` as (…, :meth:`head_numel`) outputs."""
         return value.flatten(value.dim() - len(self.shapes()[name]))
 
     def head_size(self) -> int:

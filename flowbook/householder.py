@@ -69,7 +69,7 @@ def householder(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         v: the reflection vectors, (K, R, D) shared or (batch, K, R, D) per example (amortized). Only their
             directions matter; a zero vector counts as no reflection.
     Returns:
-        (z_K, log_det) with log_det = 0 of shape (batch,): reflections are orthogonal, |det H| = 1.
+        (z_K, log_det) with log_det = 0 of shape (batch,), since reflections are orthogonal (ln|det H| = 0).
     """
     _check_vectors(z, v, "householder")
     for layer in _units_by_layer(v):
@@ -94,8 +94,8 @@ def householder_matrix(v: Tensor, columns: int | None = None) -> Tensor:
         v: (…, R, D) vectors of one chain of reflections (any leading axes, e.g. (batch, K)).
         columns: M ≤ D columns to keep (default D: the whole orthogonal matrix).
     Returns:
-        (…, D, M), with orthonormal columns. Only the M columns are computed (R·D·M operations, not D³):
-        the reflections act on the first M columns of the identity. R = M reflections reach every
+        The (…, D, M) matrices, with orthonormal columns. Only the M columns are computed, in R·D·M
+        operations rather than D³, as the reflections act on the first M columns of the identity. R = M reflections reach every
         D × M matrix with orthonormal columns up to the signs of its columns (as in a Householder QR).
     """
     D = v.shape[-1]

@@ -65,7 +65,7 @@ def _log_cosh(x: Tensor) -> Tensor:
 def one_plus_tanh_product(x: Tensor, y: Tensor) -> Tensor:
     """1 + tanh(x)·tanh(y) > 0, the factor 1 + r_ii·r̃_ii of the log-det, without cancellation.
 
-    Where x and y have opposite signs the product is close to −1 for large |x|, |y|; there it is
+    Where x and y have opposite signs and large magnitudes the product is close to −1; there it is
     computed as cosh(x + y)/(cosh x·cosh y), from logarithms, which keeps its relative accuracy (and
     underflows to 0 only where it is below the smallest float).
     """
@@ -187,7 +187,7 @@ class _SylvesterSpec(FlowSpec):
 
     @property
     def M(self) -> int:
-        """The hidden units per layer."""
+        """M, the hidden units per layer."""
         raise NotImplementedError
 
     def q(self, params: Mapping[str, Tensor]) -> Tensor:
@@ -255,12 +255,12 @@ class SylvesterHouseholderSpec(_SylvesterSpec):
 
     @property
     def M(self) -> int:
-        """The hidden units per layer: ``units``, or D when it is None."""
+        """M, the hidden units per layer (``units``, or D when it is None)."""
         return self.dim if self.units is None else self.units
 
     @property
     def n_reflections(self) -> int:
-        """The reflections per layer: ``reflections``, or M when it is None."""
+        """The reflections per layer (``reflections``, or M when it is None)."""
         return self.M if self.reflections is None else self.reflections
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
