@@ -95,8 +95,9 @@ def householder_matrix(v: Tensor, columns: int | None = None) -> Tensor:
         columns: M ≤ D columns to keep (default D: the whole orthogonal matrix).
     Returns:
         The (…, D, M) matrices, with orthonormal columns. Only the M columns are computed, in R·D·M
-        operations rather than D³, as the reflections act on the first M columns of the identity. R = M reflections reach every
-        D × M matrix with orthonormal columns up to the signs of its columns (as in a Householder QR).
+        operations rather than D³, as the reflections act on the first M columns of the identity.
+        R = M reflections reach every D × M matrix with orthonormal columns up to the signs of its
+        columns (as in a Householder QR).
     """
     D = v.shape[-1]
     M = D if columns is None else columns

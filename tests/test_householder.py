@@ -3,15 +3,11 @@ inverse, the matrix form, extreme vectors, the identity start, errors, and train
 the command line and as 2-D fits."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowbook import experiments2d as E
 from flowbook import flows
-from flowbook.__main__ import main as flowbook_main
 from flowbook.householder import HouseholderSpec, householder, householder_inverse, householder_matrix, unit_vectors
 
 F64 = torch.float64
@@ -130,20 +126,9 @@ def test_spec_options_and_errors_say_what_to_do() -> None:
         householder_inverse(z, _v(2, 1, 3).numpy())
 
 
-def test_householder_trains_as_a_dlgm_row_through_the_command_line(tmp_path) -> None:
-    argv = ["train", "--flow", "householder", "--K", "2", "--hidden", "16", "--updates", "3", "--batch-size", "20",
-            "--eval-points", "5", "--eval-samples", "2", "--no-progress", "--ckpt-dir", str(tmp_path / "ckpt"),
-            "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "w")]
-    assert flowbook_main(argv) == 0
-    record = json.loads((tmp_path / "out" / "mnist_fast_householder_K2.json").read_text())
-    assert record["config"]["model"]["flow"] == "householder" and record["config"]["updates_done"] == 3
-    assert torch.isfinite(torch.tensor(record["metrics"]["neg_log_p"]))
+def test_householder_trains_as_a_dlgm_row_through_the_command_line(train_row) -> None:
+    train_row("householder")
 
 
-def test_householder_trains_as_2d_fits(tmp_path) -> None:
-    argv = ["--mode", "fast", "--targets", "U1", "--methods", "householder", "--Ks", "1", "2", "--updates", "4",
-            "--samples", "8", "--eval-samples", "200", "--out", str(tmp_path / "out"), "--ckpt-dir", str(tmp_path / "ck")]
-    assert E.main(argv) == 0
-    rows = json.loads((tmp_path / "out" / "energy2d_fast.json").read_text())["metrics"]["rows"]
-    assert sorted((r["method"], r["K"]) for r in rows) == [("householder", 1), ("householder", 2)]
-    assert all(torch.isfinite(torch.tensor(r["KL"])) for r in rows)
+def test_householder_trains_as_2d_fits(fit_2d) -> None:
+    fit_2d("householder")

@@ -3,7 +3,6 @@
 :mod:`flowbook.experiments2d`, with no edit to flowbook."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -14,7 +13,6 @@ from torch import Tensor
 
 from flowbook import experiments2d as E
 from flowbook import flows
-from flowbook.__main__ import main as flowbook_main
 
 
 @dataclass(frozen=True)
@@ -68,23 +66,10 @@ def test_register_refuses_a_second_type_under_a_taken_name(toy_flow):
         flows.register(dict)
 
 
-def test_the_toy_flow_trains_as_a_dlgm_row_through_the_command_line(toy_flow, tmp_path):
-    argv = ["train", "--flow", toy_flow, "--K", "2", "--hidden", "16", "--updates", "3", "--batch-size", "20",
-            "--eval-points", "5", "--eval-samples", "2", "--no-progress", "--ckpt-dir", str(tmp_path / "ckpt"),
-            "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "w")]
-    assert flowbook_main(argv) == 0
-    record = json.loads((tmp_path / "out" / f"mnist_fast_{toy_flow}_K2.json").read_text())
-    assert record["config"]["model"]["flow"] == toy_flow and record["config"]["updates_done"] == 3
-    assert torch.isfinite(torch.tensor(record["metrics"]["neg_log_p"]))
-    assert (tmp_path / "w" / f"mnist_fast_{toy_flow}_K2.pt").is_file()
+def test_the_toy_flow_trains_as_a_dlgm_row_through_the_command_line(toy_flow, train_row):
+    train_row(toy_flow)
 
 
-def test_the_toy_flow_trains_as_2d_fits(toy_flow, tmp_path):
+def test_the_toy_flow_trains_as_2d_fits(toy_flow, fit_2d):
     assert toy_flow in E.FitConfig(methods=(toy_flow,)).methods  # a registered type is a 2-D method
-    argv = ["--mode", "fast", "--targets", "U1", "--methods", toy_flow, "--Ks", "1", "2", "--updates", "4",
-            "--samples", "8", "--eval-samples", "200", "--out", str(tmp_path / "out"),
-            "--ckpt-dir", str(tmp_path / "ck")]
-    assert E.main(argv) == 0
-    rows = json.loads((tmp_path / "out" / "energy2d_fast.json").read_text())["metrics"]["rows"]
-    assert sorted((r["method"], r["K"]) for r in rows) == [(toy_flow, 1), (toy_flow, 2)]
-    assert all(torch.isfinite(torch.tensor(r["KL"])) for r in rows)
+    fit_2d(toy_flow)
