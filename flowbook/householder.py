@@ -12,7 +12,6 @@ a matrix (its first M columns are the orthonormal Q of the Sylvester flow, :mod:
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -143,9 +142,8 @@ class HouseholderSpec(FlowSpec):
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
         # random directions, each twice in a row: H_v H_v = I; the gradient with respect to either copy
-        # is not zero, so training can move the pair apart. Norms near 1 (like planar's w): a head's step
-        # then turns v by about its own size
-        v = torch.randn(*batch, self.K, self.reflections // 2, self.dim, generator=generator) / math.sqrt(self.dim)
+        # is not zero, so training can move the pair apart
+        v = torch.randn(*batch, self.K, self.reflections // 2, self.dim, generator=generator)
         return {"v": v.repeat_interleave(2, dim=-2)}
 
     def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:

@@ -269,8 +269,7 @@ class SylvesterHouseholderSpec(_SylvesterSpec):
 
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
-        # random reflections (Q is then a random frame) with norms near 1, as in HouseholderSpec.identity
-        v = torch.randn(*batch, self.K, self.n_reflections, self.dim, generator=generator) / math.sqrt(self.dim)
+        v = torch.randn(*batch, self.K, self.n_reflections, self.dim, generator=generator)
         return {"v": v, **self._identity_rb(batch, generator)}
 
     def q(self, params: Mapping[str, Tensor]) -> Tensor:
