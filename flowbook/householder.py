@@ -142,7 +142,8 @@ class HouseholderSpec(FlowSpec):
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
         # random directions, each twice in a row: H_v H_v = I; the gradient with respect to either copy
-        # is not zero, so training can move the pair apart
+        # is not zero, so training can move the pair apart. Norms about √D (not 1): the DLGM head's small
+        # initial weights then turn each v, and the flow, only a little away from the identity for every x
         v = torch.randn(*batch, self.K, self.reflections // 2, self.dim, generator=generator)
         return {"v": v.repeat_interleave(2, dim=-2)}
 
