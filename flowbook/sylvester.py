@@ -121,7 +121,8 @@ def sylvester(z: Tensor, q: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor) -> tu
 
 
 def _log_det(a: Tensor, r: Tensor, r_tilde: Tensor) -> Tensor:
-    """Σ_k Σ_i ln(tanh²a + sech²a·(1 + r_ii·r̃_ii)) for pre-activations a (batch, K, M): planar's formula
+    """Σ_k Σ_i ln(tanh²a + sech²a·(1 + r_ii·r̃_ii)) for pre-activations a (batch, K, M) and raw r, r̃ (whose
+    diagonals :func:`one_plus_tanh_product` takes through tanh): planar's formula
     (:func:`flowbook.flowmath.planar_log_det`) per hidden unit, with 1 + r_ii·r̃_ii in place of 1 + wᵀû."""
     one_plus = one_plus_tanh_product(torch.diagonal(r, dim1=-2, dim2=-1), torch.diagonal(r_tilde, dim1=-2, dim2=-1))
     return planar_log_det(a, one_plus).sum(-1)
