@@ -6,6 +6,8 @@ Modules:
     kernels       the fast planar chain (hand-written backward; C kernels compiled on first use), via flows
     flows         the flow types (SPECS: planar, radial, NICE, ...; register adds one): functions, one spec per
                   type with its options (options_of), modules (§4)
+    householder   the Householder flow (Tomczak & Welling, 2016): volume-preserving reflections
+    sylvester     Sylvester flows (van den Berg et al., 2018): z + QR h(R̃Qᵀz + b), Householder or triangular
     objectives    the annealed flow free energy (eq. 15) and the importance-sampled ln p(x)
     energies      the 2-D test potentials U1-U4 of Table 1, their confinement and normalizers (§6.1)
     dynamics      infinitesimal flows: Langevin (Euler-Maruyama) and Hamiltonian (leapfrog, HVI) (§3.2)
@@ -35,3 +37,7 @@ Modules:
 """
 
 __version__ = "0.1.0"
+
+# flow modules that register their types in flowbook.flows.SPECS on import: one line per module
+from flowbook import householder  # noqa: E402,F401  (householder)
+from flowbook import sylvester  # noqa: E402,F401  (sylvester-h, sylvester-t)

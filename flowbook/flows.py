@@ -52,7 +52,7 @@ __all__ = [
     "random_mixing", "coupling_shift", "additive_coupling", "additive_coupling_inverse",
     "FlowSpec", "PlanarSpec", "RadialSpec", "NiceSpec", "SPECS", "register", "variants", "spec_for",
     "as_options", "options_of", "check_options", "options_for", "check_run_options",
-    "parse_options",
+    "parse_options", "pack_upper", "unpack_upper",
     "Flow", "Planar", "Radial", "AdditiveCoupling", "Compose", "DiagonalGaussian",
 ]
 
@@ -421,19 +421,37 @@ class FlowSpec:
         """The shape of each shared parameter, (K, …), by name (a per-example one adds a batch axis)."""
         raise NotImplementedError
 
+    def head_numel(self, name: str) -> int:
+        """Head outputs per data point for the amortized parameter ``name``: by default every entry of its
+        shape; a layout that leaves entries out (e.g. the zeros below a triangular matrix's diagonal,
+        :func:`pack_upper`) overrides this with :meth:`unpack` and :meth:`pack`."""
+        return math.prod(self.shapes()[name])
+
+    def unpack(self, name: str, flat: Tensor) -> Tensor:
+        """The head's outputs for ``name``, (batch, :meth:`head_numel`), as the parameter ``(batch, *shape)``."""
+        return flat.reshape(*flat.shape[:-1], *self.shapes()[name])
+
+    def pack(self, name: str, value: Tensor) -> Tensor:
+        """The inverse of :meth:`unpack`: parameter ``name`` ``(…, *shape)`` as (…, :meth:`head_numel`) outputs."""
+        return value.flatten(value.dim() - len(self.shapes()[name]))
+
     def head_size(self) -> int:
-        """Outputs per data point of an amortized head: the sizes of the ``amortized`` parameters."""
-        shapes = self.shapes()
-        return sum(math.prod(shapes[n]) for n in self.amortized)
+        """Outputs per data point of an amortized head: the :meth:`head_numel` of the ``amortized`` parameters."""
+        return sum(self.head_numel(n) for n in self.amortized)
+
+    def head_size_per_layer(self) -> int:
+        """The head outputs per data point that one layer costs (every layer costs the same), so that
+        :meth:`head_size` = K times this: what compares flow types at equal cost. Computed for one layer,
+        so it is defined for K = 0 too."""
+        return dataclasses.replace(self, K=1).head_size()
 
     def split(self, raw: Tensor) -> dict[str, Tensor]:
         """Cut a head's output (batch, :meth:`head_size`) into the per-example amortized parameters."""
         if raw.dim() != 2 or raw.shape[-1] != self.head_size():
             raise ValueError(f"{type(self).__name__}.split: the head output must be (batch, {self.head_size()}), "
                              f"got {tuple(raw.shape)}")
-        shapes = self.shapes()
-        parts = raw.split([math.prod(shapes[n]) for n in self.amortized], -1)
-        return {n: p.view(raw.shape[0], *shapes[n]) for n, p in zip(self.amortized, parts)}
+        parts = raw.split([self.head_numel(n) for n in self.amortized], -1)
+        return {n: self.unpack(n, p) for n, p in zip(self.amortized, parts)}
 
     def identity(self, batch: tuple[int, ...] = (), generator: torch.Generator | None = None
                  ) -> dict[str, Tensor]:
@@ -455,7 +473,7 @@ class FlowSpec:
     def flatten_amortized(self, params: Mapping[str, Tensor]) -> Tensor:
         """The inverse of :meth:`split` for shared parameters: the ``amortized`` ones as one flat vector,
         e.g. the bias of a head that emits ``params`` for every x (from :meth:`identity`: the identity)."""
-        return torch.cat([params[n].flatten() for n in self.amortized])
+        return torch.cat([self.pack(n, params[n]) for n in self.amortized])
 
     def draw_buffers(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
                      ) -> dict[str, Tensor]:
@@ -492,6 +510,26 @@ class FlowSpec:
 def _layer_mask(keep: Tensor, p: Tensor, trailing: int) -> Tensor:
     """``keep`` (K,) or (batch, K) shaped to broadcast against parameter ``p`` with ``trailing`` axes after K."""
     return keep.reshape(*keep.shape, *([1] * trailing)).to(p.dtype)
+
+
+def pack_upper(x: Tensor) -> Tensor:
+    """The entries on and above the diagonal of square matrices x (…, M, M), row by row: (…, M(M+1)/2).
+
+    A non-dense head layout (:meth:`FlowSpec.pack`): an upper-triangular parameter costs M(M+1)/2 head
+    outputs instead of M², the zeros below the diagonal are not emitted."""
+    rows, cols = torch.triu_indices(x.shape[-1], x.shape[-1], device=x.device)
+    return x[..., rows, cols]
+
+
+def unpack_upper(flat: Tensor, M: int) -> Tensor:
+    """The inverse of :func:`pack_upper`: (…, M(M+1)/2) entries → upper-triangular (…, M, M), zero below."""
+    if flat.shape[-1] != M * (M + 1) // 2:
+        raise ValueError(f"unpack_upper: an upper-triangular {M}×{M} matrix takes {M * (M + 1) // 2} entries, "
+                         f"got {flat.shape[-1]} (shape {tuple(flat.shape)})")
+    rows, cols = torch.triu_indices(M, M, device=flat.device)
+    out = flat.new_zeros(*flat.shape[:-1], M, M)
+    out[..., rows, cols] = flat
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Shared fixtures of the test suite."""
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 import time
@@ -32,6 +34,43 @@ def refused(capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, f"one line, got {err!r}"
         return err
+    return run
+
+
+@pytest.fixture
+def train_row(tmp_path):
+    """``train_row(flow)``: train a DLGM row of flow type ``flow`` (K = 2) for 3 updates through the command
+    line, as a new flow type must, and return its result record (the weights are checked written)."""
+    from flowbook.__main__ import main
+
+    def run(flow: str) -> dict:
+        argv = ["train", "--flow", flow, "--K", "2", "--hidden", "16", "--updates", "3", "--batch-size", "20",
+                "--eval-points", "5", "--eval-samples", "2", "--no-progress", "--ckpt-dir", str(tmp_path / "ckpt"),
+                "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "w")]
+        assert main(argv) == 0
+        assert (tmp_path / "w" / f"mnist_fast_{flow}_K2.pt").is_file()
+        record = json.loads((tmp_path / "out" / f"mnist_fast_{flow}_K2.json").read_text())
+        assert record["config"]["model"]["flow"] == flow and record["config"]["updates_done"] == 3
+        assert math.isfinite(record["metrics"]["neg_log_p"])
+        return record
+    return run
+
+
+@pytest.fixture
+def fit_2d(tmp_path):
+    """``fit_2d(methods)``: fit ``methods`` to U1 with K = 1 and 2 for 4 updates through
+    :mod:`flowbook.experiments2d`'s command line; checks one finite KL per (method, K) and returns the rows."""
+    from flowbook import experiments2d
+
+    def run(*methods: str) -> list[dict]:
+        argv = ["--mode", "fast", "--targets", "U1", "--methods", *methods, "--Ks", "1", "2", "--updates", "4",
+                "--samples", "8", "--eval-samples", "200", "--out", str(tmp_path / "out2d"),
+                "--ckpt-dir", str(tmp_path / "ck2d")]
+        assert experiments2d.main(argv) == 0
+        rows = json.loads((tmp_path / "out2d" / "energy2d_fast.json").read_text())["metrics"]["rows"]
+        assert sorted((r["method"], r["K"]) for r in rows) == sorted((m, k) for m in methods for k in (1, 2))
+        assert all(math.isfinite(r["KL"]) for r in rows)
+        return rows
     return run
 
 

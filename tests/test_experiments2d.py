@@ -293,3 +293,13 @@ def test_checkpoint_names_are_pinned():
     # the configuration of energy2d_full_planar_radial.json: its digest is the stored result's
     cfg = dataclasses.replace(E.FULL, methods=("planar", "radial"), updates=12_000)
     assert checkpoint_path(cfg, "ck") == Path("ck") / "energy2d_planar-radial_K2-8-32_58e6871cd751.pt"
+
+
+def test_default_methods_are_figure_3s_and_other_registered_types_are_offered():
+    """The flow types registered by other modules (Householder, Sylvester, ...) are 2-D methods when named,
+    but not in the default run, which stays Figure 3's planar, radial and NICE (chapter 4's live fits)."""
+    assert E.FAST.methods == E.FULL.methods == E.METHODS
+    assert {E.FAMILY[m] for m in E.METHODS} == {"planar", "radial", "nice"}
+    others = {m for m, (flow, _) in flows.variants().items() if flows.SPECS[flow].__module__ != "flowbook.flows"}
+    assert {"householder", "sylvester-h", "sylvester-t"} <= others
+    assert E.FitConfig(methods=tuple(sorted(others))).methods == tuple(sorted(others))

@@ -468,8 +468,10 @@ def test_zero_layers_are_the_identity_with_zero_log_det(fn, per_example: bool) -
 # ----------------------------------------------------------------------------------------------
 # specs: one per flow type
 # ----------------------------------------------------------------------------------------------
-SPEC_CASES = [flows.PlanarSpec(3, 4, impl="autograd"), flows.PlanarSpec(3, 4), flows.RadialSpec(3, 4),
-              flows.NiceSpec(4, 3, hidden=5), flows.NiceSpec(5, 2, hidden=3, mixing="perm")]
+# every registered type at its defaults (read from the registry, so a new type is tested here without an
+# edit), and the options that change a type's layout or map
+SPEC_CASES = [cls(3, 4) for cls in flows.SPECS.values() if cls.min_dim <= 3] + [
+    flows.PlanarSpec(3, 4, impl="autograd"), flows.NiceSpec(4, 3, hidden=5), flows.NiceSpec(5, 2, hidden=3, mixing="perm")]
 
 
 def _spec_params(spec: flows.FlowSpec, seed: int = 0, batch: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
@@ -518,7 +520,8 @@ def test_spec_split_is_the_head_layout_and_per_example_equals_shared(spec) -> No
     assert list(split) == list(spec.amortized)
     for n, p in split.items():
         assert p.shape == (4, *spec.shapes()[n])
-        torch.testing.assert_close(p[2], shared[n])
+        # what the head's layout holds of the parameter (all of it when dense; a triangle of a triangular one)
+        torch.testing.assert_close(spec.pack(n, p[2]), spec.pack(n, shared[n]))
     z = torch.randn(4, spec.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     per_example = {**shared, **split}
     for out, ref in zip(spec.forward(z, per_example), spec.forward(z, shared)):
@@ -552,6 +555,29 @@ def test_nice_per_example_weights_equal_one_call_per_example() -> None:
         yi, _ = flows.additive_coupling(z[i:i + 1], *(p[i] for p in spec.args(params)))
         torch.testing.assert_close(y[i:i + 1], yi, atol=1e-12, rtol=0)
     torch.testing.assert_close(flows.additive_coupling_inverse(y, *spec.args(params))[0], z, atol=1e-12, rtol=0)
+
+
+def test_triangular_head_layout_round_trips_and_costs_half_a_square() -> None:
+    """pack_upper keeps the D(D+1)/2 entries on and above the diagonal; unpack_upper puts them back, zero below."""
+    D = 5
+    x = torch.randn(2, 3, D, D, dtype=F64, generator=torch.Generator().manual_seed(11))
+    flat = flows.pack_upper(x)
+    assert flat.shape == (2, 3, D * (D + 1) // 2)
+    back = flows.unpack_upper(flat, D)
+    torch.testing.assert_close(back, torch.triu(x), atol=0, rtol=0)
+    torch.testing.assert_close(flows.pack_upper(back), flat, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"takes 15 entries, got 14"):
+        flows.unpack_upper(flat[..., 1:], D)
+
+
+def test_dense_head_layout_is_the_flat_view() -> None:
+    """The default layout (every stored weight file was written with it): pack flattens, unpack views."""
+    spec = flows.PlanarSpec(3, 4)
+    params = _spec_params(spec)
+    assert [spec.head_numel(n) for n in spec.amortized] == [12, 12, 4] and spec.head_size_per_layer() == 7
+    torch.testing.assert_close(spec.flatten_amortized(params),
+                               torch.cat([params[n].flatten() for n in spec.amortized]), atol=0, rtol=0)
+    torch.testing.assert_close(spec.unpack("u", spec.pack("u", params["u"][None])), params["u"][None], atol=0, rtol=0)
 
 
 def test_spec_for_covers_every_type_and_ignores_foreign_options() -> None:

@@ -18,9 +18,11 @@ from flowbook.runid import LATER_FIELDS, config_digest
 __all__ = ["METHODS", "FAMILY", "FitConfig", "FAST", "FULL", "target_potential", "Label", "FitGroup",
            "build_groups", "fit_state", "fit_from_state"]
 
-#: the methods of the flow types built in at import (the default of :attr:`FitConfig.methods`); every
-#: method registered, with its flow type and options, is in :func:`flowbook.flows.variants`
-METHODS = tuple(flows.variants())
+#: the methods of Figure 3, those of the flow types that :mod:`flowbook.flows` itself defines (planar, radial,
+#: NICE): the default of :attr:`FitConfig.methods`, so that the flow types other modules register
+#: (:mod:`flowbook.householder`, ...) are fitted where they are named and chapter 4's run stays Figure 3's.
+#: Every method registered, with its flow type and options, is in :func:`flowbook.flows.variants`
+METHODS = tuple(m for m, (flow, _) in flows.variants().items() if flows.SPECS[flow].__module__ == flows.__name__)
 #: the flow type (a key of :data:`flowbook.flows.SPECS`) of each method in :data:`METHODS`
 FAMILY = {m: flow for m, (flow, _) in flows.variants().items()}
 
