@@ -20,3 +20,5 @@ Modules:
 """
 
 __version__ = "0.1.0"
+
+from flowbook import iaf  # noqa: E402,F401 - registers the "iaf" flow type in flowbook.flows.SPECS
