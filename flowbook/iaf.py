@@ -14,9 +14,12 @@ model starts. Replacing σ by 2·sigmoid(2s) keeps what made the update stable (
 0 < g < 2, so no exp(s) can overflow; the log-det Σ ln g computed from a log-sigmoid, finite for any s)
 and puts the identity at the finite point s = 0, whatever m is. For s ≤ 0 the step is exactly the
 paper's convex update with σ = g; for s > 0 it may also expand (at most by 2 per step), which the
-paper's contraction-only gate leaves to q0. The identity is exact in floating point: tanh(0) = 0 makes
-z' = z + 0·(z − m) = z and the log-det log1p(0) = 0 (:meth:`IAFSpec.identity`,
-:meth:`IAFSpec.mask_layers`).
+paper's contraction-only gate leaves to q0. The identity is exact in floating point: at s = 0,
+2·sigmoid(0) = 1 and tanh(0) = 0 make z' = 1·z − 0·m = z and the log-det log1p(0) = 0
+(:meth:`IAFSpec.identity`, :meth:`IAFSpec.mask_layers`). The step is computed as g·z − tanh(s)·m,
+not as z + tanh(s)·(z − m): a strongly contracting gate (g = 10⁻⁸, say) would round 1 + tanh s to a
+multiple of the machine epsilon, while 2·sigmoid(2s) keeps g, and so the map, as accurate as the
+log-det.
 
 Because m_i and s_i depend on z_<i only, ∂z'/∂z is triangular with diagonal g, so ln|det| = Σ_i ln g_i:
 one pass for the forward map and its log-det, while the inverse needs D sequential passes
@@ -125,8 +128,9 @@ def iaf_gate_log(s: Tensor) -> Tensor:
     inputs from its own side, so neither produces an infinite gradient that :func:`torch.where` would turn
     into NaN."""
     low = s < _LOG_GATE_SWITCH
-    near = torch.log1p(torch.tanh(s.clamp_min(_LOG_GATE_SWITCH)))
-    far = math.log(2.0) + F.logsigmoid(2.0 * s.clamp_max(_LOG_GATE_SWITCH))
+    switch = torch.full_like(s, _LOG_GATE_SWITCH)  # where() rather than clamp: clamp's gradient is 0 at its bound
+    near = torch.log1p(torch.tanh(torch.where(low, switch, s)))
+    far = math.log(2.0) + F.logsigmoid(2.0 * torch.where(low, s, switch))
     return torch.where(low, far, near)
 
 
@@ -156,7 +160,8 @@ def _steps(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, where: str
 
 
 def iaf(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
-    """K inverse autoregressive steps z ← z + tanh(s) ⊙ (z − m), (m, s) = MADE_k(z) (module docstring).
+    """K inverse autoregressive steps z ← g ⊙ z + (1 − g) ⊙ m, g = 1 + tanh(s), (m, s) = MADE_k(z)
+    (module docstring).
 
     Args:
         z: (batch, D), D ≥ 2.
@@ -169,7 +174,10 @@ def iaf(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tens
     log_det = z.new_zeros(z.shape[0])
     for step in _steps(z, w1, b1, w2, b2, "iaf"):
         m, s = _made(z, *step)
-        z = z + torch.tanh(s) * (z - m)
+        # g·z + (1 − g)·m with g = 2·sigmoid(2s) and 1 − g = −tanh(s), each computed to its own relative
+        # precision: g stays accurate when a contracting gate makes it tiny (1 + tanh s would round it to
+        # a multiple of the machine epsilon, or to 0), and at s = 0 both are exact (1 and 0): z' = z
+        z = 2.0 * torch.sigmoid(2.0 * s) * z - torch.tanh(s) * m
         log_det = log_det + iaf_gate_log(s).sum(-1)
     return z, log_det
 
@@ -177,21 +185,25 @@ def iaf(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tens
 def iaf_inverse(y: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
     """Exact inverse of :func:`iaf`, step by step from the last, each by D sequential MADE passes.
 
-    Within a step z = m + (y − m)/g; after pass p the p variables first in the step's order are exact,
-    since m and s of variable i depend only on those before it, so D passes give z and, from the last
-    pass, the s that the log-det needs. Finite wherever g = 2·sigmoid(2s) does not underflow to 0
-    (s above about −44 in float32), where the forward map is numerically invertible.
+    Within a step z = (y − (1 − g)·m)/g. Pass p solves the variable p-th in the step's order from those
+    before it, already solved (m and s of a variable depend only on those); the variables not yet
+    solved are held at 0 rather than at a guess, because a guess divided by a tiny g may overflow, and
+    a masked weight 0 times ∞ is NaN. D passes give z and, from the last pass, the s that the log-det
+    needs. Finite wherever g = 2·sigmoid(2s) does not underflow to 0 (s above about −44 in float32),
+    i.e. wherever the forward map is not numerically singular.
 
     Returns:
         (z_0, −log_det of :func:`iaf` at z_0), shape (batch, D) and (batch,).
     """
     steps = _steps(y, w1, b1, w2, b2, "iaf_inverse")
     D, log_det = y.shape[-1], y.new_zeros(y.shape[0])
-    for step in reversed(steps):
-        z = y
-        for _ in range(D):
-            m, s = _made(z, *step)
-            z = m + (y - m) / (2.0 * torch.sigmoid(2.0 * s))
+    for k in reversed(range(len(steps))):
+        order = range(D - 1, -1, -1) if k % 2 else range(D)  # odd steps run in the reversed order
+        z = torch.zeros_like(y)
+        for i in order:
+            m, s = _made(z, *steps[k])
+            solved = (y[:, i] + torch.tanh(s[:, i]) * m[:, i]) / (2.0 * torch.sigmoid(2.0 * s[:, i]))
+            z = torch.cat([z[:, :i], solved[:, None], z[:, i + 1:]], -1)
         log_det = log_det - iaf_gate_log(s).sum(-1)
         y = z
     return y, log_det
