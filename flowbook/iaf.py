@@ -125,7 +125,7 @@ def iaf_gate_log(s: Tensor) -> Tensor:
 
     Where tanh s rounds to −1 (s below about −9 in float32) log1p would give −∞, so below −1/2 it is
     ln 2 + ln sigmoid(2s), the same function written without cancellation there. Each branch only sees
-    inputs from its own side, so neither produces an infinite gradient that :func:`torch.where` would turn
+    inputs from its own side, so neither produces an infinite gradient that ``torch.where`` would turn
     into NaN."""
     low = s < _LOG_GATE_SWITCH
     switch = torch.full_like(s, _LOG_GATE_SWITCH)  # where() rather than clamp: clamp's gradient is 0 at its bound
@@ -248,7 +248,8 @@ class IAFSpec(FlowSpec):
                 "b2": torch.zeros(*batch, K, 2 * D)}
 
     def mask_layers(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
-        # zero output weights and biases give s = 0: an exact identity step, whatever its inputs
+        """Zero output weights and biases where ``keep`` is 0: s = 0 there, an exact identity step
+        whatever its inputs (and the reversed order of an odd step changes nothing in an identity)."""
         return {**params, "w2": params["w2"] * _layer_mask(keep, params["w2"], 2),
                 "b2": params["b2"] * _layer_mask(keep, params["b2"], 1)}
 
@@ -262,7 +263,8 @@ class IAFSpec(FlowSpec):
         """What K steps cost, for comparing flows at equal cost: ``head_outputs``, the encoder head's
         outputs per data point (:meth:`~flowbook.flows.FlowSpec.head_size`, K·H), and
         ``global_parameters``, the trained global numbers the masks let through (the masked-out weights
-        are stored but never used), K·(|M1| + |M2| + 2D)."""
+        are stored but never used): per step, the non-zero entries of both masks of :func:`made_masks`,
+        and the 2D output biases."""
         m1, m2 = made_masks(self.dim, self.hidden)  # the reversed masks are permutations: the same counts
         per_step = int(m1.sum()) + int(m2.sum()) + 2 * self.dim
         return {"head_outputs": self.head_size(), "global_parameters": self.K * per_step}
