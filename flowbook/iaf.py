@@ -26,13 +26,15 @@ one pass for the forward map and its log-det, while the inverse needs D sequenti
 (:func:`iaf_inverse`). Odd steps reverse the order of the variables (the masks are built on reversed
 degrees), so that each dimension gets to depend on the others across steps.
 
-Conditioning on the encoder (:class:`IAFSpec`): the context h enters each step's MADE as a per-data-point
-bias b1 (K, H) of its hidden units, the output of a linear map of h (the DLGM's flow head), which is
-the same as adding a linear map of h to the first hidden layer as Kingma et al. do. The masked weights
-and the output biases are global. This is the cheapest conditioning (K·H head outputs per data point,
-:meth:`IAFSpec.cost`); it leaves the first variable of each step (the one with no inputs before it)
-with an x-independent m and s, which the reversal gives to the next step as its last, most
-conditioned variable, and whose dependence on x q0's mean and variance already carry.
+Conditioning on the encoder (:class:`IAFSpec`): Kingma et al. give the autoregressive network the
+encoder's context h as an extra input. Here h enters each step's MADE as a per-data-point bias b1 (K, H)
+of its hidden units, the output of a linear map of h (the DLGM's flow head): the same as an unmasked
+input h wired to every hidden unit (h is not z, so the autoregressive property holds). The masked
+weights and the output biases are global. This is the cheapest conditioning (K·H head outputs per
+data point, :meth:`IAFSpec.cost`). It leaves the first variable of each step (the one with no inputs
+before it) with an m and s that do not depend on x; the reversal makes it the next step's last
+variable, the one that depends on the context and on all the others, and q0's mean and variance
+depend on x already.
 """
 from __future__ import annotations
 

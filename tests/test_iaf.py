@@ -161,6 +161,34 @@ def test_identity_start_is_exactly_the_identity(dtype: torch.dtype) -> None:
     assert torch.autograd.grad((y.square().sum() + ld.sum()), w2)[0][:, 5:].abs().sum() > 0
 
 
+def test_the_context_reaches_every_variable_but_the_first_of_a_step() -> None:
+    """Per-example hidden biases b1 (the encoder's context) change m and s of variables 2..D of a step,
+    not those of its first variable (module docstring); with two steps, the reversal lets it in."""
+    spec = IAFSpec(4, 2, hidden=5)
+    params = _params(spec, seed=6)
+    b1 = _params(spec, seed=7, batch=(2,))["b1"]  # two examples, two contexts
+    z = _z(1, 4).expand(2, 4)  # the same z for both
+    one = {**{n: p[:1] for n, p in params.items()}, "b1": b1[:, :1]}
+    y, _ = spec.forward(z, one)
+    assert y[0, 0] == y[1, 0] and (y[0, 1:] != y[1, 1:]).all()
+    y, _ = spec.forward(z, {**params, "b1": b1})
+    assert (y[0] != y[1]).all()
+
+
+def test_a_dlgm_row_starts_exactly_at_the_identity_flow() -> None:
+    """Through the DLGM's flow head (random small weights, so b1 differs per data point), z_K = z_0 and
+    the log-det is 0 exactly: the IAF row starts where the flow-free model starts."""
+    from flowbook.models import DLGM, DLGMConfig
+
+    m = DLGM(DLGMConfig(flow="iaf", K=3, data_dim=12, latent=4, hidden=20, nice_hidden=6)).double()
+    x = (torch.rand(5, 12, generator=torch.Generator().manual_seed(0)) < 0.4).double()
+    (b1,) = m.flow_params(m.encode(x))
+    assert b1.shape == (5, 3, 6) and b1.std(0).min() > 0
+    z = _z(5, 4)
+    zK, ld = m.flow(z, (b1,))
+    assert torch.equal(zK, z) and torch.equal(ld, torch.zeros(5, dtype=F64))
+
+
 def test_masked_layers_are_exact_identities() -> None:
     spec = IAFSpec(3, 5, hidden=4)
     params = _params(spec, seed=2)
