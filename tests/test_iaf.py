@@ -99,6 +99,16 @@ def test_log_det_matches_autograd_jacobian(dim: int, K: int, layout: str) -> Non
         torch.testing.assert_close(log_det[i], torch.linalg.slogdet(J).logabsdet, atol=1e-10, rtol=0)
 
 
+def test_float32_agrees_with_float64() -> None:
+    spec = IAFSpec(6, 4, hidden=8)
+    params = _params(spec, seed=8)
+    z = _z(5, 6)
+    y64, ld64 = spec.forward(z, params)
+    y32, ld32 = spec.forward(z.float(), {n: p.float() for n, p in params.items()})
+    assert y32.dtype == ld32.dtype == torch.float32
+    assert (y32.double() - y64).abs().max() < 1e-4 and (ld32.double() - ld64).abs().max() < 5e-4
+
+
 @pytest.mark.parametrize("step", [0, 1], ids=["natural", "reversed"])
 def test_each_step_has_a_triangular_jacobian_with_the_gate_on_its_diagonal(step: int) -> None:
     """Step 0 is lower triangular, step 1 (reversed order) upper; the diagonal is g = 1 + tanh(s)."""
