@@ -41,3 +41,4 @@ __version__ = "0.1.0"
 # flow modules that register their types in flowbook.flows.SPECS on import: one line per module
 from flowbook import householder  # noqa: E402,F401  (householder)
 from flowbook import sylvester  # noqa: E402,F401  (sylvester-h, sylvester-t)
+from flowbook import iaf  # noqa: E402,F401  (iaf)

@@ -18,6 +18,7 @@ from flowbook import flows
 from flowbook.flows import (AdditiveCoupling, Compose, DiagonalGaussian, Planar, Radial, additive_coupling,
                             additive_coupling_inverse, planar, planar_constrain, planar_inverse, radial,
                             radial_constrain, radial_inverse, random_mixing)
+from flowbook.iaf import IAFSpec
 from flowbook.kernels import native
 from flowbook.kernels.fused import planar_chain
 
@@ -470,8 +471,11 @@ def test_zero_layers_are_the_identity_with_zero_log_det(fn, per_example: bool) -
 # ----------------------------------------------------------------------------------------------
 # every registered type at its defaults (read from the registry, so a new type is tested here without an
 # edit), and the options that change a type's layout or map
-SPEC_CASES = [cls(3, 4) for cls in flows.SPECS.values() if cls.min_dim <= 3] + [
+SPEC_CASES = [cls(3, 4) for cls in flows.SPECS.values() if cls.min_dim <= 3 and cls is not IAFSpec] + [
     flows.PlanarSpec(3, 4, impl="autograd"), flows.NiceSpec(4, 3, hidden=5), flows.NiceSpec(5, 2, hidden=3, mixing="perm")]
+# flowbook.iaf at narrower widths than its default: wider MADEs draw gates here that contract some directions
+# by 10⁻¹⁰ or more, where no inverse can round-trip to 1e-9 (tests/test_iaf.py checks those separately)
+SPEC_CASES += [IAFSpec(2, 3, hidden=4), IAFSpec(5, 3, hidden=4)]
 
 
 def _spec_params(spec: flows.FlowSpec, seed: int = 0, batch: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:

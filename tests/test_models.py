@@ -151,7 +151,7 @@ def test_rows_must_share_the_trunk():
 
 def test_config_errors_say_what_to_do():
     with pytest.raises(ValueError, match="flow must be one of"):
-        DLGMConfig(flow="iaf")
+        DLGMConfig(flow="maf")
     with pytest.raises(ValueError, match="multiple of"):
         DLGMConfig(hidden=402)
 
