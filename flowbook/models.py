@@ -70,7 +70,8 @@ class DLGMConfig:
     (:func:`flowbook.flows.options_of`, e.g. ``(("hidden", 64),)`` for NICE), as sorted (name, value)
     pairs (a mapping or JSON's lists are accepted and converted); an empty one is left out of
     :meth:`to_dict`, so the stored rows, which predate it, keep their configs. ``nice_hidden`` is the
-    NICE width the stored rows name; a ``hidden`` in ``flow_options`` takes its place.
+    NICE width the stored rows name, and the default ``hidden`` of every flow type that has one (IAF's
+    MADE too); a ``hidden`` in ``flow_options`` takes its place.
     """
     flow: str = "planar"
     K: int = 0

@@ -42,7 +42,7 @@ class FitConfig:
     lr: float = 1e-2             # Adam's initial learning rate ...
     lr_final: float = 1e-3       # ... decayed geometrically to this value at the last update
     warmup: int = 500            # β_t = min(1, 0.01 + t/warmup): the annealing of §6
-    nice_hidden: int = 16        # hidden units of each NICE coupling MLP
+    nice_hidden: int = 16        # hidden units of each NICE coupling MLP (and of any type with a `hidden`)
     eval_samples: int = 100_000  # samples for the reported F and KL
     seed: int = 0
     confine_scale: float = energies.CONFINE_SCALE
