@@ -281,7 +281,12 @@ def test_a_stored_result_is_its_commands_configuration(path, tmp_path):
     from flowbook.experiments2d import cli
 
     record = json.loads(path.read_text())
-    argv = shlex.split(record["command"])[2:]  # after "python .../experiments2d.py"
+    words = shlex.split(record["command"])
+    # the options follow "python .../experiments2d.py" (the module's former script) or
+    # "python -m flowbook.experiments2d" (the package's entry point)
+    start = next(i for i, w in enumerate(words)
+                 if w.endswith("experiments2d.py") or w == "flowbook.experiments2d") + 1
+    argv = words[start:]
     args = parse_checked(cli._parser(), [*argv, "--out", str(tmp_path), "--ckpt-dir", str(tmp_path)], cli._check)
     cfg = cli._config(args)
     assert runid.config_digest(E.FitConfig.trained_config(record["config"])) == cfg.digest()
