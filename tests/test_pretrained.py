@@ -149,18 +149,22 @@ def test_every_committed_weights_file_builds_its_model(rel):
         assert torch.isfinite(model.loss(x, torch.zeros(2, c.latent))).all()
 
 
-def test_every_table_row_is_stored():
+def test_every_table_row_is_stored_and_only_its_latest_stage_keeps_weights():
     """Table 3's four rows and the paper's nine rows of Table 2 are all stored, for Table 2's protocol
-    (120 000 updates) and for the first one (60 000), which chapter 5 compares with it; each Table 2 row's
-    latest stage keeps its weights (:func:`pretrained.latest_stage`), the first protocol's do not."""
+    (120 000 updates) and for the first one (60 000), which chapter 5 compares with it; of each Table 2
+    row's stages only the latest keeps its weights in the tree (issue 27, item 6)."""
     assert {K for _, K in pretrained.stored_results("cifar10")} == {0, 2, 5, 10}
     table2 = {("diagonal", 0)} | {(f, K) for f in ("planar", "nice") for K in (10, 20, 40, 80)}
-    for label in (None, "updates120k"):
-        assert table2 <= set(pretrained.stored_results("mnist", label=label)), label
+    labels = (None, "updates120k", "updates240k", "updates480k")
+    stages = {label: pretrained.stored_results("mnist", label=label) for label in labels}
+    assert table2 <= set(stages[None]) and table2 <= set(stages["updates120k"])
     for row in table2:
+        have = [label for label in labels if row in stages[label]]
         latest = pretrained.latest_stage(*row)
-        assert latest is not None, row
-        assert f"data/weights/{pretrained.stored_results('mnist', label=latest)[row]['name']}.pt" in store.manifest()
+        assert latest == have[-1], (row, have)
+        for label in have:
+            weights = f"data/weights/{stages[label][row]['name']}.pt"
+            assert (weights in store.manifest()) == (label == latest), (row, label)
 
 
 def test_latest_stage_says_which_row_has_no_weights():
@@ -169,7 +173,9 @@ def test_latest_stage_says_which_row_has_no_weights():
 
 
 # --- the read side of issue 26: a file is accepted only if it is what was asked for ---------------------------
-K80 = "mnist_stored_updates120k_planar_K80"
+#: the planar K = 80 row's latest stage: of a row's stages only the latest keeps its weights in the tree
+STAGE80 = pretrained.latest_stage("planar", 80)
+K80 = run_name("mnist", "planar", 80, label=STAGE80)
 
 
 @pytest.fixture
@@ -184,8 +190,8 @@ def clone(tmp_path, monkeypatch):
     return root
 
 
-@pytest.mark.parametrize("source", ["mnist_stored_updates120k_planar_K10", "mnist_stored_updates120k_nice_K80",
-                                    "cifar10_stored_planar_K10"])
+@pytest.mark.parametrize("source", [run_name("mnist", f, K, label=pretrained.latest_stage(f, K))
+                                    for f, K in (("planar", 10), ("nice", 80))] + ["cifar10_stored_planar_K10"])
 def test_another_rows_weights_under_a_rows_name_are_refused(clone, tmp_path, source):
     """Bug 2: another row's weights copied under the K = 80 row's name (K = 10, a NICE file, the CIFAR-10
     K = 10 file) are refused by load and by stored_results, in the clone (the manifest's SHA-256) and in
@@ -193,35 +199,35 @@ def test_another_rows_weights_under_a_rows_name_are_refused(clone, tmp_path, sou
     weights = clone / "data" / "weights"
     shutil.copy(weights / f"{source}.pt", weights / f"{K80}.pt")
     with pytest.raises(StoreError, match=rf"{K80}.pt is not the stored data/weights/{K80}.pt.*git checkout --"):
-        pretrained.load("planar", 80, label="updates120k")
+        pretrained.load("planar", 80, label=STAGE80)
     with pytest.raises(StoreError, match=rf"{K80}.pt is not the stored"):
-        pretrained.stored_results("mnist", label="updates120k")
+        pretrained.stored_results("mnist", label=STAGE80)
     plain = tmp_path / "plain"
     plain.mkdir()
     shutil.copy(weights / f"{K80}.pt", plain)
     with pytest.raises(StoreError, match=rf"{K80}.pt: its config is a \w+ model with flow \w+, K = (10|80) "
                                          rf"\(a file named \w+_..._(planar_K10|nice_K80|K10).pt\), not {K80}"):
-        pretrained.load("planar", 80, label="updates120k", directory=plain)
+        pretrained.load("planar", 80, label=STAGE80, directory=plain)
 
 
 def test_a_stray_or_misnamed_result_cannot_change_or_drop_a_row(clone):
     """Bug 8: a stray ``..._old.json`` with −ln p 1.0 is ignored (not in the manifest) in the clone and
     refused in a plain folder; a K = 10 record under the K = 80 name is refused, naming both."""
     results_dir = clone / "data" / "results"
-    before = pretrained.stored_results("mnist", label="updates120k")
+    before = pretrained.stored_results("mnist", label=STAGE80)
     record = json.loads((results_dir / f"{K80}.json").read_text())
     record["metrics"]["neg_log_p"] = 1.0
     (results_dir / f"{K80}_old.json").write_text(json.dumps(record))
-    after = pretrained.stored_results("mnist", label="updates120k")
+    after = pretrained.stored_results("mnist", label=STAGE80)
     assert after.keys() == before.keys() and after[("planar", 80)]["metrics"]["neg_log_p"] > 80
     with pytest.raises(StoreError, match=rf"{K80}_old.json: its content is the run {K80} .*, not {K80}_old"):
-        pretrained.stored_results("mnist", directory=results_dir, label="updates120k")
+        pretrained.stored_results("mnist", directory=results_dir, label=STAGE80)
     (results_dir / f"{K80}_old.json").unlink()
     shutil.copy(results_dir / "mnist_stored_updates120k_planar_K10.json", results_dir / f"{K80}.json")
     with pytest.raises(StoreError, match=rf"{K80}.json is not the stored data/results/{K80}.json"):
-        pretrained.stored_results("mnist", label="updates120k")
+        pretrained.stored_results("mnist", label=STAGE80)
     with pytest.raises(StoreError, match=rf"{K80}.json: its content is the run mnist_stored_updates120k_planar_K10"):
-        pretrained.stored_results("mnist", directory=results_dir, label="updates120k")
+        pretrained.stored_results("mnist", directory=results_dir, label=STAGE80)
 
 
 def _row_files(tmp_path, name: str = "mnist_stored_planar_K2") -> tuple[Path, dict]:
@@ -334,16 +340,17 @@ def test_load_outside_any_clone_downloads_the_verified_row(tmp_path, store_serve
     env.update(PYTHONPATH=str(site), FLOWBOOK_STORE_URL=store_server(store.REPO_ROOT),
                FLOWBOOK_CACHE=str(tmp_path / "cache"))
     script = ("import json, flowbook; from flowbook import pretrained, store\n"
-              "m = pretrained.load('planar', 80, label='updates120k')\n"
-              "rows = pretrained.stored_results('mnist', label='updates120k')\n"
+              f"m = pretrained.load('planar', 80, label={STAGE80!r})\n"
+              f"rows = pretrained.stored_results('mnist', label={STAGE80!r})\n"
               "print(json.dumps({'file': flowbook.__file__, 'clone': store.in_clone(), 'config': m.config.to_dict(),"
               " 'sum': sum(float(p.detach().double().sum()) for p in m.parameters()), 'rows': len(rows)}))")
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "content", env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
-    local = pretrained.load("planar", 80, label="updates120k")
+    local = pretrained.load("planar", 80, label=STAGE80)
     assert got["file"].startswith(str(site)) and not got["clone"]
-    assert got["config"] == local.config.to_dict() and got["rows"] == 9
+    assert got["config"] == local.config.to_dict()
+    assert got["rows"] == len(pretrained.stored_results("mnist", label=STAGE80))
     assert got["sum"] == sum(float(p.detach().double().sum()) for p in local.parameters())
     assert (tmp_path / "cache" / "store").is_dir() and not (tmp_path / "content" / "data").exists()

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from flowbook import results, store, storecli
+from flowbook import pretrained, results, store, storecli
+from flowbook.runid import run_name
 
 BENCH = "data/results/bench_dlgm.json"
 #: A minimal result record, for a repository made in a test.
@@ -144,10 +145,10 @@ def test_manifest_refuses_uncommitted_data_and_verify_names_mismatches(git_clone
 
 def test_fetch_command_downloads_a_run_by_name(outside_clone, store_server, capsys):
     outside_clone(store_server(store.REPO_ROOT))
-    assert storecli.main(["fetch", "mnist_stored_updates120k_planar_K80"]) == 0
+    name = run_name("mnist", "planar", 80, label=pretrained.latest_stage("planar", 80))  # a row with weights
+    assert storecli.main(["fetch", name]) == 0
     fetched = capsys.readouterr().out.split()
-    assert sorted(p.rsplit("/", 1)[1] for p in fetched) == ["mnist_stored_updates120k_planar_K80.json",
-                                                            "mnist_stored_updates120k_planar_K80.pt"]
+    assert sorted(p.rsplit("/", 1)[1] for p in fetched) == [f"{name}.json", f"{name}.pt"]
     assert storecli.main(["fetch", "mnist_stored_planar_K7"]) == 1
     assert "'mnist_stored_planar_K7' is neither a stored file nor the name of one" in capsys.readouterr().err
     with pytest.raises(SystemExit):
