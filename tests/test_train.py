@@ -342,16 +342,21 @@ def test_the_average_follows_the_parameters_with_its_decay_and_is_swapped_in_and
 def test_a_stage_starts_from_the_committed_weights_it_names_and_records_the_chain(tmp_path) -> None:
     from flowbook import pretrained
 
-    stage = train_module.continuation("planar", 10, "updates120k")
-    assert stage["updates_before"] == 120_000 and stage["beta_start"] == 1.0
+    # from the row's latest stage: only its weights stay in the tree
+    latest = pretrained.latest_stage("planar", 10)
+    done = int(latest.removeprefix("updates").removesuffix("k")) * 1000
+    stage = train_module.continuation("planar", 10, latest)
+    assert stage["updates_before"] == done and stage["beta_start"] == 1.0
     cfg = dataclasses.replace(train_module.STORED, rows=(("planar", 10),), updates=3, valid_every=0,
                               label="stage-test", lr=1e-12, lr_final=None, **stage)
     run = train(cfg, x_train=_data(300))
     start = pretrained.load_file(ROOT / stage["init_from"])
     for (k, a), b in zip(run.model.state_dict().items(), start.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)  # a rate of 1e-12 barely moves them
-    assert train_module.stage_chain(cfg) == [{"weights": stage["init_from"], "sha256": stage["init_sha256"],
-                                              "updates": 120_000}]
+    # the chain: the stages behind the weights it starts from, then those weights
+    behind = pretrained.stored_results("mnist", label=latest)[("planar", 10)]["config"].get("chain", [])
+    assert train_module.stage_chain(cfg) == [*behind, {"weights": stage["init_from"], "sha256": stage["init_sha256"],
+                                                       "updates": done}]
     with pytest.raises(ValueError, match="sha256"):
         train(dataclasses.replace(cfg, init_sha256="0" * 64), x_train=_data(300))
     other = dataclasses.replace(cfg, rows=(("planar", 20),))
