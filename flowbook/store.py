@@ -21,7 +21,7 @@ enters a table, and a changed one is refused with a message saying how to restor
 Command line (:mod:`flowbook.storecli`)::
 
     python -m flowbook store verify          # every local stored file against the manifest
-    python -m flowbook store fetch NAME ...  # e.g. mnist_stored_updates240k_planar_K80 (.json and .pt)
+    python -m flowbook store fetch NAME ...  # a run: NAME.json and NAME.pt
     python -m flowbook store fetch --all     # every stored file, into the cache
     python -m flowbook store manifest        # regenerate it (data committed first)
 
