@@ -301,13 +301,18 @@ def latest_stage(flow: str, K: int, dataset: str = "mnist") -> str | None:
     the unlabelled first protocol, ``"updates240k"`` for the stage that ends at 240 000 updates, ... Only a
     row's latest stage keeps its weights; where two are listed (a stage just committed), the one with more
     updates in all wins. Raises FileNotFoundError when the row has no stored weights."""
-    pattern = re.compile(rf"{dataset}_stored_(?:(updates\d+k)_)?{row_name(flow, K)}")
     found: dict[str | None, int] = {}
-    for rel in store.listed(f"data/weights/{dataset}_stored_"):
-        match = pattern.fullmatch(Path(rel).stem)
-        if match and f"data/results/{match.string}.json" in store.manifest():
-            train = load_result(store.path(f"data/results/{match.string}.json"))["config"]["train"]
-            found[match.group(1)] = train["updates"] + train.get("updates_before", 0)
+    for rel in store.listed(f"data/weights/{run_prefix(dataset)}"):
+        result_rel = f"data/results/{Path(rel).stem}.json"
+        if result_rel not in store.manifest():
+            continue
+        record = load_result(store.path(result_rel))
+        # the result's identity, its name checked against the one naming rule (runid.run_name)
+        ident = check_result(record, store.path(result_rel), dataset=dataset, protocol="stored")
+        same_row = ident["K"] == K and (K == 0 or ident["flow"] == flow)
+        if same_row and (ident["label"] is None or re.fullmatch(r"updates\d+k", ident["label"])):
+            train = record["config"]["train"]
+            found[ident["label"]] = train["updates"] + train.get("updates_before", 0)
     if not found:
         raise FileNotFoundError(f"no stored weights of the {dataset} row {row_name(flow, K)}")
     return max(found, key=found.__getitem__)
