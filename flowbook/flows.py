@@ -517,8 +517,7 @@ def pack_upper(x: Tensor) -> Tensor:
 
     A non-dense head layout (:meth:`FlowSpec.pack`): an upper-triangular parameter costs M(M+1)/2 head
     outputs instead of M², the zeros below the diagonal are not emitted."""
-    rows, cols = torch.triu_indices(x.shape[-1], x.shape[-1], device=x.device)
-    return x[..., rows, cols]
+    return x.flatten(-2).index_select(-1, _upper_positions(x.shape[-1], x.device))
 
 
 def unpack_upper(flat: Tensor, M: int) -> Tensor:
@@ -526,10 +525,15 @@ def unpack_upper(flat: Tensor, M: int) -> Tensor:
     if flat.shape[-1] != M * (M + 1) // 2:
         raise ValueError(f"unpack_upper: an upper-triangular {M}×{M} matrix takes {M * (M + 1) // 2} entries, "
                          f"got {flat.shape[-1]} (shape {tuple(flat.shape)})")
-    rows, cols = torch.triu_indices(M, M, device=flat.device)
-    out = flat.new_zeros(*flat.shape[:-1], M, M)
-    out[..., rows, cols] = flat
-    return out
+    positions = _upper_positions(M, flat.device).expand(flat.shape)
+    # a scatter along the last axis (its backward a gather) is 2-3x faster than advanced-index assignment
+    return flat.new_zeros(*flat.shape[:-1], M * M).scatter(-1, positions, flat).unflatten(-1, (M, M))
+
+
+def _upper_positions(M: int, device: torch.device) -> Tensor:
+    """The positions, in a flattened M × M matrix, of its entries on and above the diagonal, row by row."""
+    rows, cols = torch.triu_indices(M, M, device=device)
+    return rows * M + cols
 
 
 @dataclass(frozen=True)
@@ -730,7 +734,14 @@ def options_of(flow: str) -> dict[str, type]:
     ``K``, by name, with their types (e.g. planar: ``impl`` str, ``inverse_iters`` int)."""
     cls = _spec_class(flow, "options_of")
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in ("dim", "K")}
+    return {f.name: _given(hints[f.name]) for f in dataclasses.fields(cls) if f.name not in ("dim", "K")}
+
+
+def _given(hint: Any) -> Any:
+    """The type of an option's value when one is given: ``X`` for ``X | None`` (None is the default that
+    leaves the option to the spec, e.g. Sylvester-H's ``units``), else the hint itself."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and len(typing.get_args(hint)) == 2 else hint
 
 
 def _describe(flow: str) -> str:

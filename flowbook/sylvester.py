@@ -76,7 +76,11 @@ def one_plus_tanh_product(x: Tensor, y: Tensor) -> Tensor:
 
 def _matvec(m: Tensor, x: Tensor) -> Tensor:
     """m·x for matrices m (P, N) or (batch, P, N) and vectors x (batch, N): (batch, P)."""
-    return (m @ x.unsqueeze(-1)).squeeze(-1)
+    if m.dim() == 2:
+        return x @ m.mT
+    # one matrix per example: a product and a sum are 4x faster than a batched product of (P, N) by (N, 1),
+    # forward and backward, at P = N = 40 on one CPU thread (bmm is built for larger right-hand sides)
+    return (m * x.unsqueeze(-2)).sum(-1)
 
 
 def _check_sylvester(z: Tensor, q: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor, where: str) -> int:

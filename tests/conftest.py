@@ -39,14 +39,15 @@ def refused(capsys):
 
 @pytest.fixture
 def train_row(tmp_path):
-    """``train_row(flow)``: train a DLGM row of flow type ``flow`` (K = 2) for 3 updates through the command
-    line, as a new flow type must, and return its result record (the weights are checked written)."""
+    """``train_row(flow, *argv)``: train a DLGM row of flow type ``flow`` (K = 2) for 3 updates through the
+    command line (``argv``: more options, e.g. ``--flow-option``), as a new flow type must, and return its
+    result record (the weights are checked written)."""
     from flowbook.__main__ import main
 
-    def run(flow: str) -> dict:
+    def run(flow: str, *extra: str) -> dict:
         argv = ["train", "--flow", flow, "--K", "2", "--hidden", "16", "--updates", "3", "--batch-size", "20",
                 "--eval-points", "5", "--eval-samples", "2", "--no-progress", "--ckpt-dir", str(tmp_path / "ckpt"),
-                "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "w")]
+                "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "w"), *extra]
         assert main(argv) == 0
         assert (tmp_path / "w" / f"mnist_fast_{flow}_K2.pt").is_file()
         record = json.loads((tmp_path / "out" / f"mnist_fast_{flow}_K2.json").read_text())

@@ -173,5 +173,14 @@ def test_trains_as_a_dlgm_row_through_the_command_line(flow: str, train_row) -> 
     train_row(flow)
 
 
+def test_units_and_reflections_travel_as_flow_options(train_row) -> None:
+    # both are `int | None` fields: a given value is an int, and the row's model is built with it
+    assert flows.options_of("sylvester-h") == {"inverse_iters": int, "units": int, "reflections": int}
+    record = train_row("sylvester-h", "--flow-option", "units=2", "--flow-option", "reflections=3")
+    assert record["config"]["model"]["flow_options"] == [["reflections", 3], ["units", 2]]
+    with pytest.raises(ValueError, match="option units must be of type int, got 2.5"):
+        flows.check_options("sylvester-h", {"units": 2.5})
+
+
 def test_trains_as_2d_fits(fit_2d) -> None:
     fit_2d("sylvester-h", "sylvester-t")
