@@ -87,6 +87,28 @@ later() {
     --updates 120000 --label updates120k --fused --threads 1 --no-progress --eval-samples "$MNIST_S" "$@"
 }
 
+# superseded ROW: per-digit values (S = MNIST_S, all test digits) of a row's 120 000-update stage, whose
+# weights have left the tree: they are taken back from git for the evaluation only (checked against the
+# SHA-256 that the row's next stage recorded as its start) and removed again; the evaluation and its
+# points file are added to the stored result. Chapter 8 pairs its rows, trained for 120 000 updates from
+# scratch, with these on the same digits.
+superseded() {
+  local name=mnist_stored_updates120k_$1 next=mnist_stored_updates240k_$1
+  if compgen -G "data/results/points/${name}_S${MNIST_S}_n10000_seed1234.json" >/dev/null; then
+    echo "[$(date +%T)] $name: S = $MNIST_S per digit stored, skipped"; return 0; fi
+  local weights=data/weights/$name.pt commit
+  commit=$(git log -n 1 --format=%H --diff-filter=D -- "$weights") || return
+  git show "$commit^:$weights" > "$weights" || return
+  local want=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["config"]["train"]["init_sha256"])' \
+    "data/results/$next.json")
+  if [[ $(sha256sum "$weights" | cut -d' ' -f1) != "$want" ]]; then
+    echo "[$(date +%T)] $name: the weights from git are not those $next started from" >&2; rm -f "$weights"; return 1; fi
+  local status=0
+  "$PY" -m flowbook evaluate-weights "$name" --samples "$MNIST_S" --threads 1 || status=$?
+  rm -f "$weights"
+  return "$status"
+}
+
 # study LABEL RATE [OPTIONS...]: the short paired study of a continuation's settings (chapter 5): planar
 # K = 80 continued from Table 2's 120 000-update weights for 20 000 updates, peak rate RATE, the same seed;
 # S = 1000 on the first 2 000 test digits, per-digit values kept. The weights are not committed.
@@ -184,9 +206,10 @@ case ${1:-} in
   # gets there in two stages of 120 000 (each its own warm-up and cosine decay, each committed)
   stage480nice80) stage nice 80 updates240k 120000 updates360k || exit; stage nice 80 updates360k 120000 updates480k ;;
   # chapter 8's MNIST rows, at the head cost of planar K = 20 and 80 (chapter 8, section 6), cheapest first
-  laterA) later sylvester-h 4 --flow-option units=8 --flow-option reflections=8; later householder 20
+  laterA) superseded planar_K20; superseded planar_K80
+          later sylvester-h 4 --flow-option units=8 --flow-option reflections=8; later householder 20
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
-  laterB) later sylvester-t 1; later iaf 25 --flow-option hidden=64; later sylvester-t 4 ;;
+  laterB) superseded planar_K10; superseded planar_K40; later sylvester-t 1; later iaf 25 --flow-option hidden=64; later sylvester-t 4 ;;
   *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|laterA|laterB" >&2
      exit 2 ;;
 esac
