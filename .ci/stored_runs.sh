@@ -206,10 +206,12 @@ case ${1:-} in
   # gets there in two stages of 120 000 (each its own warm-up and cosine decay, each committed)
   stage480nice80) stage nice 80 updates240k 120000 updates360k || exit; stage nice 80 updates360k 120000 updates480k ;;
   # chapter 8's MNIST rows, at the head cost of planar K = 20 and 80 (chapter 8, section 6), cheapest first
+  pairsA) superseded planar_K20; superseded planar_K80 ;;
+  pairsB) superseded planar_K10; superseded planar_K40 ;;
   laterA) superseded planar_K20; superseded planar_K80
           later sylvester-h 4 --flow-option units=8 --flow-option reflections=8; later householder 20
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
   laterB) superseded planar_K10; superseded planar_K40; later sylvester-t 1; later iaf 25 --flow-option hidden=64; later sylvester-t 4 ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|laterA|laterB" >&2
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|pairsA|pairsB|laterA|laterB" >&2
      exit 2 ;;
 esac
