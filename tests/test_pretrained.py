@@ -155,7 +155,7 @@ def test_every_table_row_is_stored_and_only_its_latest_stage_keeps_weights():
     row's stages only the latest keeps its weights in the tree (issue 27, item 6)."""
     assert {K for _, K in pretrained.stored_results("cifar10")} == {0, 2, 5, 10}
     table2 = {("diagonal", 0)} | {(f, K) for f in ("planar", "nice") for K in (10, 20, 40, 80)}
-    labels = (None, "updates120k", "updates240k", "updates480k")
+    labels = (None, "updates120k", "updates240k", "updates360k", "updates480k")  # NICE K = 80: 360k too
     stages = {label: pretrained.stored_results("mnist", label=label) for label in labels}
     assert table2 <= set(stages[None]) and table2 <= set(stages["updates120k"])
     for row in table2:
