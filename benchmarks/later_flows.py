@@ -28,6 +28,7 @@ import torch
 from flowbook import flows
 from flowbook.results import save_result
 from flowbook.train import STORED, build_model, make_optimizer
+from update_speed import one_update  # the same update as the Adam benchmark (this script's folder is on the path)
 
 PLANAR_KS = (10, 20, 40, 80)
 LATER: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -50,26 +51,18 @@ def _setup(flow: str, K: int, options: dict[str, Any]) -> tuple:
     return (model, opt, x, g), head
 
 
-def _update(model, opt, x, g) -> None:
-    eps = torch.randn(100, 40, generator=g)
-    loss = model.loss(x, eps, 1.0)
-    opt.zero_grad(set_to_none=True)
-    loss.sum().backward()
-    opt.step()
-
-
 def time_group(rows: list[tuple[str, int, dict[str, Any]]], rounds: int, steps: int) -> list[float]:
     """Median over rounds of each row's mean ms per update, the rows taking turns within a round."""
     states = [_setup(flow, K, options)[0] for flow, K, options in rows]
     for state in states:
         for _ in range(3):
-            _update(*state)
+            one_update(*state)
     times: list[list[float]] = [[] for _ in rows]
     for _ in range(rounds):
         for i, state in enumerate(states):
             start = time.perf_counter()
             for _ in range(steps):
-                _update(*state)
+                one_update(*state)
             times[i].append(1000 * (time.perf_counter() - start) / steps)
     return [statistics.median(t) for t in times]
 

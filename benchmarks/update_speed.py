@@ -45,7 +45,8 @@ def _setup(flow: str, K: int, options: dict) -> tuple:
     return model, opt, x, g
 
 
-def _update(model, opt, x, g) -> None:
+def one_update(model, opt, x, g) -> None:
+    """One stored-protocol update: fresh noise, the loss at β = 1, backward, the optimizer's step."""
     eps = torch.randn(100, 40, generator=g)
     loss = model.loss(x, eps, 1.0)
     opt.zero_grad(set_to_none=True)
@@ -57,10 +58,10 @@ def products_share(flow: str, K: int, steps: int = 5) -> float:
     """The matrix products' fraction of an update's CPU time, from the profiler."""
     state = _setup(flow, K, CASES["for-loop"])
     for _ in range(3):
-        _update(*state)
+        one_update(*state)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            _update(*state)
+            one_update(*state)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     return sum(e.self_cpu_time_total for e in events if e.key in PRODUCTS) / total
@@ -71,13 +72,13 @@ def time_row(flow: str, K: int, rounds: int, steps: int) -> dict[str, float]:
     states = {name: _setup(flow, K, options) for name, options in CASES.items()}
     for state in states.values():
         for _ in range(3):
-            _update(*state)
+            one_update(*state)
     times: dict[str, list[float]] = {name: [] for name in CASES}
     for _ in range(rounds):
         for name, state in states.items():
             start = time.perf_counter()
             for _ in range(steps):
-                _update(*state)
+                one_update(*state)
             times[name].append(1000 * (time.perf_counter() - start) / steps)
     return {name: statistics.median(t) for name, t in times.items()}
 
