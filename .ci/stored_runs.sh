@@ -109,6 +109,13 @@ superseded() {
   return "$status"
 }
 
+pairs_a() { superseded planar_K20; superseded planar_K80; }
+pairs_b() { superseded planar_K10; superseded planar_K40; }
+
+# NICE K = 80's 480k: its 240 000 more updates take about 3 one-thread hours, longer than a session, so it
+# gets there in two stages of 120 000 (each its own warm-up and cosine decay, each committed)
+nice80_480() { stage nice 80 updates240k 120000 updates360k || exit; stage nice 80 updates360k 120000 updates480k; }
+
 # study LABEL RATE [OPTIONS...]: the short paired study of a continuation's settings (chapter 5): planar
 # K = 80 continued from Table 2's 120 000-update weights for 20 000 updates, peak rate RATE, the same seed;
 # S = 1000 on the first 2 000 test digits, per-digit values kept. The weights are not committed.
@@ -201,17 +208,15 @@ case ${1:-} in
   stage240B) for r in planar:40 planar:10 nice:80 nice:10; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
   stage480A) for r in planar:80 planar:20 planar:0 nice:20; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
   stage480B) for r in planar:40 planar:10 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done
-             stage nice 80 updates240k 120000 updates360k || exit; stage nice 80 updates360k 120000 updates480k ;;
-  # NICE K = 80 alone: its 240 000 more updates take about 3 one-thread hours, longer than a session, so it
-  # gets there in two stages of 120 000 (each its own warm-up and cosine decay, each committed)
-  stage480nice80) stage nice 80 updates240k 120000 updates360k || exit; stage nice 80 updates360k 120000 updates480k ;;
-  # chapter 8's MNIST rows, at the head cost of planar K = 20 and 80 (chapter 8, section 6), cheapest first
-  pairsA) superseded planar_K20; superseded planar_K80 ;;
-  pairsB) superseded planar_K10; superseded planar_K40 ;;
-  laterA) superseded planar_K20; superseded planar_K80
-          later sylvester-h 4 --flow-option units=8 --flow-option reflections=8; later householder 20
+             nice80_480 ;;
+  stage480nice80) nice80_480 ;;
+  # the per-digit planar baselines of chapter 8's rows, then the rows, at the head cost of planar K = 20 and
+  # 80 (chapter 8, section 6), cheapest first
+  pairsA) pairs_a ;;
+  pairsB) pairs_b ;;
+  laterA) pairs_a; later sylvester-h 4 --flow-option units=8 --flow-option reflections=8; later householder 20
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
-  laterB) superseded planar_K10; superseded planar_K40; later sylvester-t 1; later iaf 25 --flow-option hidden=64; later sylvester-t 4 ;;
+  laterB) pairs_b; later sylvester-t 1; later iaf 25 --flow-option hidden=64; later sylvester-t 4 ;;
   *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|pairsA|pairsB|laterA|laterB" >&2
      exit 2 ;;
 esac
