@@ -58,22 +58,31 @@ cont() {
 # adopted: STAGE_OPTIONS), with S = MNIST_S on all test digits. A stage is started only when its measured
 # cost (the row's last stage's training rate and evaluation time, plus 10 %) fits before DEADLINE, or when
 # its checkpoint exists (a resume): a session never spends its time on a stage it cannot finish.
+# fits NAME STEM MINUTES: whether a row may start: it is stored (run skips it), its checkpoint
+# data/checkpoints/STEM_*.pt exists (a resume), or its estimated cost MINUTES fits before DEADLINE
+fits() {
+  [[ -f data/results/$1.json ]] && return 0
+  compgen -G "data/checkpoints/$2_*.pt" >/dev/null && return 0
+  local left=$(( (DEADLINE - $(date +%s)) / 60 - 1 ))
+  (( $3 <= left )) && return 0
+  echo "[$(date +%T)] $1: needs about $3 min, $left left before DEADLINE: not started"
+  return 1
+}
+
 STAGE_OPTIONS=(--lr 3e-4 --fused)  # the paired study: peak 3e-4 beat 1e-4, averaging did not pay, fused = default
 stage() {
   local flow=$1 K=$2 from=$3 updates=$4 label=$5
   local row=$([[ $K == 0 ]] && echo diagonal || echo "${flow}_K$K")
   local stem=$([[ $K == 0 ]] && echo diagonal || echo "$flow$K")
   local name=mnist_stored_${label}_$row
-  if [[ ! -f data/results/$name.json ]] && ! compgen -G "data/checkpoints/mnist_stored_${label}_${stem}_*.pt" >/dev/null; then
-    local need left=$(( (DEADLINE - $(date +%s)) / 60 - 1 ))
-    need=$("$PY" -c 'import sys, json
+  if [[ ! -f data/results/mnist_stored_${from}_$row.json ]]; then
+    echo "[$(date +%T)] $name: the stage it continues, $from, is not stored: not started"; return 0; fi
+  local need=$("$PY" -c 'import sys, json
 r = json.load(open(f"data/results/mnist_stored_{sys.argv[1]}_{sys.argv[2]}.json"))
 c = r["config"]
 print(round(1.1 * (c["train_seconds"] * int(sys.argv[3]) / c["train"]["updates"] + r["metrics"]["eval_seconds"]) / 60))' \
-      "$from" "$row" "$updates")
-    if (( need > left )); then echo "[$(date +%T)] $name: needs about $need min, $left left before DEADLINE: not started"
-      return 0; fi
-  fi
+    "$from" "$row" "$updates")
+  fits "$name" "mnist_stored_${label}_$stem" "$need" || return 0
   cont "$flow" "$K" "$from" "$updates" "$label" "${STAGE_OPTIONS[@]}" --eval-samples "$MNIST_S"
 }
 
@@ -83,6 +92,20 @@ print(round(1.1 * (c["train_seconds"] * int(sys.argv[3]) / c["train"]["updates"]
 # on all test digits, per-digit values kept; OPTIONS are the flow's own (--flow-option KEY=VALUE)
 later() {
   local flow=$1 K=$2; shift 2
+  # its cost: the quiet one-thread benchmark's time per update (benchmarks/later_flows.py) times 1.3, as
+  # the stored stages measured beside a second run, and the S = 1000 evaluation of the planar row of the
+  # same head cost scaled by the benchmark's ratio, plus 10 %
+  local need=$("$PY" -c 'import sys, json
+flow, K, S = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [r for r in json.load(open("data/results/bench_later_flows.json"))["metrics"]["rows"]
+        if r["flow"] == flow and r["K"] == K]
+if not rows: sys.exit(print(0))
+rows.sort(key=lambda r: -r["ms"])  # a flow at one depth may stand at two costs: the slower time
+planar_K = rows[0]["planar_K"]
+planar = json.load(open(f"data/results/mnist_stored_updates240k_planar_K{planar_K}.json"))
+evaluate = planar["metrics"]["eval_seconds"] * rows[0]["ratio_to_planar"] * S / 1000
+print(round(1.1 * (1.3 * rows[0]["ms"] * 120 + evaluate) / 60))' "$flow" "$K" "$MNIST_S")
+  fits "mnist_stored_updates120k_${flow}_K$K" "mnist_stored_updates120k_$flow$K" "$need" || return 0
   run "mnist_stored_updates120k_${flow}_K$K" "$PY" -m flowbook train --mode stored --flow "$flow" --K "$K" \
     --updates 120000 --label updates120k --fused --threads 1 --no-progress --eval-samples "$MNIST_S" "$@"
 }
@@ -211,12 +234,14 @@ case ${1:-} in
              nice80_480 ;;
   stage480nice80) nice80_480 ;;
   # the per-digit planar baselines of chapter 8's rows, then the rows, at the head cost of planar K = 20 and
-  # 80 (chapter 8, section 6), cheapest first
+  # 80 (chapter 8, section 6): each process starts with the cheap rows, so that a session that ends early has
+  # one row of each family (laterA: Sylvester-H and IAF; laterB: Sylvester-T and Householder)
   pairsA) pairs_a ;;
   pairsB) pairs_b ;;
-  laterA) pairs_a; later sylvester-h 4 --flow-option units=8 --flow-option reflections=8; later householder 20
+  laterA) pairs_a; later sylvester-h 4 --flow-option units=8 --flow-option reflections=8
+          later iaf 25 --flow-option hidden=64
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
-  laterB) pairs_b; later sylvester-t 1; later iaf 25 --flow-option hidden=64; later sylvester-t 4 ;;
+  laterB) pairs_b; later sylvester-t 1; later householder 20; later sylvester-t 4 ;;
   *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|pairsA|pairsB|laterA|laterB" >&2
      exit 2 ;;
 esac
