@@ -379,3 +379,17 @@ def test_fused_adam_takes_the_same_steps_as_the_default_one() -> None:
     for (k, a), b in zip(plain.model.state_dict().items(), fused.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=k)
     assert dataclasses.replace(TINY, fused=True).digest() != TINY.digest()
+
+
+def test_paper_table2_is_the_papers_table() -> None:
+    # the values as printed in the paper's text (../shared/paper beside the clone, as in CI)
+    import re
+    texts = sorted((ROOT.parent / "shared" / "paper").glob("*.txt"))
+    if not texts:
+        pytest.skip("the paper's text (../shared/paper) is not beside this clone")
+    text = "\n".join(p.read_text(encoding="utf-8") for p in texts)
+    printed = {("diagonal", 0): float(re.search(r"DLGM diagonal covariance\s*\$\\leq ([\d.]+)\$", text)[1])}
+    for name, flow in (("NF", "planar"), ("NICE", "nice")):
+        for K, value in re.findall(rf"DLGM\+{name} \(k = (\d+)\)\s*\$\\leq ([\d.]+)\$", text):
+            printed[flow, int(K)] = float(value)
+    assert printed == train_module.PAPER_TABLE2
