@@ -159,6 +159,7 @@ baseline() {
 # evaluate NAME: the paper's evaluation (S = 5000, all 10 000 test digits) of a stored MNIST row from its
 # committed weights, added to data/results/NAME.json; skipped once there, resumable until DEADLINE.
 evaluate() {
+  if [[ ! -f data/results/$1.json ]]; then echo "[$(date +%T)] $1: not stored yet, skipped"; return 0; fi
   # flowbook.results.evaluation raises KeyError while the row has no S = 5000 on its whole test set
   if "$PY" -c 'import sys; from flowbook import results
 results.evaluation(results.load_result(f"data/results/{sys.argv[1]}.json"), 5000)' "$1" 2>/dev/null
@@ -242,6 +243,12 @@ case ${1:-} in
           later iaf 25 --flow-option hidden=64
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
   laterB) pairs_b; later sylvester-t 1; later householder 20; later sylvester-t 4 ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|pairsA|pairsB|laterA|laterB" >&2
+  # the paper's evaluation (S = 5000, all 10 000 test digits) of Table 2's final stages and of chapter 8's
+  # rows, those stored so far, the cheapest first in each (resumable until DEADLINE)
+  eval480) for r in diagonal planar_K10 planar_K20 planar_K40 planar_K80 nice_K10 nice_K20 nice_K40 nice_K80; do
+             evaluate "mnist_stored_updates480k_$r" || exit; done ;;
+  evalLater) for r in sylvester-t_K1 householder_K20 sylvester-h_K4 iaf_K25 sylvester-t_K4 sylvester-h_K16; do
+               evaluate "mnist_stored_updates120k_$r" || exit; done ;;
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|pairsA|pairsB|laterA|laterB|eval480|evalLater" >&2
      exit 2 ;;
 esac
