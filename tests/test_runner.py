@@ -35,16 +35,18 @@ def test_a_stored_table2_result_is_its_presets_configuration(path: Path) -> None
     # a table row is the preset exactly; a labelled variant differs from it in the number of updates
     # (mnist_stored_updates120k_*), or in the rate and the maxout reading too (mnist_stored_short20k-*),
     # and a continuation stage (mnist_stored_cont20k-*, mnist_stored_updates240k_*) in what continues a
-    # row (the weights it starts from, β = 1, the warm-up, the averaging, Adam's step), and in nothing else
-    names = ["updates", "lr", "maxout_units"]
+    # row (the weights it starts from, β = 1, the warm-up, the averaging, Adam's step), and chapter 8's rows
+    # (mnist_stored_updates120k_<later flow>_K*) in Adam's step and the flow's own options; in nothing else
+    names = ["updates", "lr", "maxout_units", "fused", "flow_options"]
     if train.get("init_from"):
-        names += ["init_from", "init_sha256", "updates_before", "beta_start", "warmup", "ema_decay", "fused"]
+        names += ["init_from", "init_sha256", "updates_before", "beta_start", "warmup", "ema_decay"]
         chain = record["config"]["chain"]
         assert chain[-1] == {"weights": train["init_from"], "sha256": train["init_sha256"],
                              "updates": train["updates_before"]}
         assert (RESULTS / f"{Path(train['init_from']).stem}.json").is_file()  # the stage it continued
     # (a field added after a run was made is absent from its record: the run had its neutral value)
-    varied = {k: train.get(k, LATER_FIELDS.get(k)) for k in names}
+    varied = {k: train.get(k, LATER_FIELDS.get(k, getattr(STORED, k))) for k in names}
+    varied["flow_options"] = tuple(tuple(pair) for pair in varied["flow_options"])
     if not train["label"]:
         assert varied == {k: getattr(STORED, k) for k in varied}
     cfg = dataclasses.replace(STORED, rows=_rows(record), label=train["label"], **varied)
