@@ -54,10 +54,6 @@ cont() {
     --continue-from "$from" --updates "$updates" --label "$label" --warmup 1000 --threads 1 --no-progress "$@"
 }
 
-# stage FLOW K FROM UPDATES LABEL: Table 2's next stage of a row (cont with the settings the paired study
-# adopted: STAGE_OPTIONS), with S = MNIST_S on all test digits. A stage is started only when its measured
-# cost (the row's last stage's training rate and evaluation time, plus 10 %) fits before DEADLINE, or when
-# its checkpoint exists (a resume): a session never spends its time on a stage it cannot finish.
 # fits NAME STEM MINUTES: whether a row may start: it is stored (run skips it), its checkpoint
 # data/checkpoints/STEM_*.pt exists (a resume), or its estimated cost MINUTES fits before DEADLINE
 fits() {
@@ -69,6 +65,10 @@ fits() {
   return 1
 }
 
+# stage FLOW K FROM UPDATES LABEL: Table 2's next stage of a row (cont with the settings the paired study
+# adopted: STAGE_OPTIONS), with S = MNIST_S on all test digits. A stage is started only when its measured
+# cost (the row's last stage's training rate and evaluation time, plus 10 %) fits before DEADLINE, or when
+# its checkpoint exists (a resume): a session never spends its time on a stage it cannot finish.
 STAGE_OPTIONS=(--lr 3e-4 --fused)  # the paired study: peak 3e-4 beat 1e-4, averaging did not pay, fused = default
 stage() {
   local flow=$1 K=$2 from=$3 updates=$4 label=$5
