@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowbook import data, pretrained, store
+from flowbook import data, flows, pretrained, store
 from flowbook.models import DLGM, DLGMConfig
 from flowbook.results import load_result
 from flowbook.runid import run_name
@@ -132,15 +132,19 @@ def test_every_committed_weights_file_is_small_and_has_its_result():
 @pytest.mark.parametrize("rel", WEIGHTS, ids=lambda rel: Path(rel).stem)
 def test_every_committed_weights_file_builds_its_model(rel):
     """Each committed weights file loads into a DLGM of its stored config with exactly the parameter names
-    of a freshly built one (the names the flow specs give: flow_head, nice_w1, nice_w2, nice_mixing), and
-    its free energy on two inputs is finite."""
+    of a freshly built one (the names the flow specs give: flow_head, and each global parameter or buffer as
+    <flow>_<name>, e.g. nice_w1, nice_w2, nice_mixing or iaf_w1), and its free energy on two inputs is
+    finite."""
     model = pretrained.load_file(store.path(rel))
     fresh = DLGM(model.config)
     assert list(model.state_dict()) == list(fresh.state_dict())
     c = model.config
     expected = {"flow_head.weight", "flow_head.bias"} if c.K else set()
+    if c.K:
+        spec = flows.spec_for(c.flow, c.latent, c.K, **{"hidden": c.nice_hidden, **dict(c.flow_options)})
+        expected |= {f"{spec.name}_{n}" for n in spec.names if n not in spec.amortized}
     if c.K and c.flow == "nice":
-        expected |= {"nice_w1", "nice_w2", "nice_mixing"}
+        assert {"nice_w1", "nice_w2", "nice_mixing"} <= expected
     assert {k for k in model.state_dict() if not k.startswith(("enc", "dec", "q0_head", "log_sigma_x"))} == expected
     x = torch.rand(2, c.data_dim, generator=torch.Generator().manual_seed(0)) * 0.98 + 0.01
     if c.likelihood == "bernoulli":
