@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowbook import data, flows, pretrained, store
+from flowbook import data, pretrained, store
 from flowbook.models import DLGM, DLGMConfig
 from flowbook.results import load_result
 from flowbook.runid import run_name
@@ -141,7 +141,7 @@ def test_every_committed_weights_file_builds_its_model(rel):
     c = model.config
     expected = {"flow_head.weight", "flow_head.bias"} if c.K else set()
     if c.K:
-        spec = flows.spec_for(c.flow, c.latent, c.K, **{"hidden": c.nice_hidden, **dict(c.flow_options)})
+        spec = c.flow_spec()
         expected |= {f"{spec.name}_{n}" for n in spec.names if n not in spec.amortized}
     if c.K and c.flow == "nice":
         assert {"nice_w1", "nice_w2", "nice_mixing"} <= expected
