@@ -234,6 +234,9 @@ case ${1:-} in
   stage480B) for r in planar:40 planar:10 nice:10 nice:40; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done
              nice80_480 ;;
   stage480nice80) nice80_480 ;;
+  # stage480 FLOW:K...: the 480k stages of the rows named, in that order (a session's two processes split
+  # what is left between them by cost, rather than by the fixed halves above)
+  stage480) shift; for r in "$@"; do stage "${r%:*}" "${r#*:}" updates240k 240000 updates480k || exit; done ;;
   # the per-digit planar baselines of chapter 8's rows, then the rows, at the head cost of planar K = 20 and
   # 80 (chapter 8, section 6): each process starts with the cheap rows, so that a session that ends early has
   # one row of each family (laterA: Sylvester-H and IAF; laterB: Sylvester-T and Householder)
@@ -249,6 +252,6 @@ case ${1:-} in
              evaluate "mnist_stored_updates480k_$r" || exit; done ;;
   evalLater) for r in sylvester-t_K1 householder_K20 sylvester-h_K4 iaf_K25 sylvester-t_K4 sylvester-h_K16; do
                evaluate "mnist_stored_updates120k_$r" || exit; done ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480nice80|pairsA|pairsB|laterA|laterB|eval480|evalLater" >&2
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480 FLOW:K...|stage480nice80|pairsA|pairsB|laterA|laterB|eval480|evalLater" >&2
      exit 2 ;;
 esac
