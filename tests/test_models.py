@@ -39,6 +39,45 @@ def test_bernoulli_log_likelihood_matches_torch_distribution():
     torch.testing.assert_close(bernoulli_log_likelihood(x, logits), ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 30.0, 1e4])
+def test_bernoulli_log_likelihood_value_and_gradient_against_autograd(scale):
+    # float64, logits from tiny to extreme, x broadcast against S samples: the value and the closed-form
+    # gradient against autograd through torch's own binary cross-entropy, and finite everywhere
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(5, 12, generator=g) < 0.4).double()
+    logits = (torch.randn(3, 5, 12, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    ref = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none").sum(-1)
+    out = bernoulli_log_likelihood(x, logits)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn(3, 5, generator=g, dtype=torch.float64)  # a weighted sum: the incoming gradient matters
+    (grad,) = torch.autograd.grad((out * w).sum(), logits)
+    (grad_ref,) = torch.autograd.grad((ref * w).sum(), logits)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+
+
+def test_bernoulli_log_likelihood_gradient_at_zero_logit_is_x_minus_half():
+    # the closed-form backward: at l = 0 the gradient is x − σ(0), where max(l, 0) and |l| have kinks
+    logits = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(bernoulli_log_likelihood(x, logits).sum(), logits)
+    torch.testing.assert_close(grad, x - 0.5)
+
+
+def test_bernoulli_log_likelihood_float32_matches_torch_within_rounding():
+    # the stored runs' dtype: per digit (784 pixels, logits as a trained decoder gives them) as close to
+    # the float64 value as torch's binary cross-entropy is, to a few ulps of a sum of that size (~2 500)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(100, 784, generator=g) < 0.13).float()
+    logits = torch.randn(100, 784, generator=g) * 8
+    exact = bernoulli_log_likelihood(x.double(), logits.double())
+    ours = (bernoulli_log_likelihood(x, logits).double() - exact).abs()
+    torch_bce = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1).double()
+                 + exact).abs()
+    assert ours.max() <= 1e-6 * exact.abs().max() and ours.mean() <= 2 * torch_bce.mean(), (ours, torch_bce)
+
+
 def test_logit_normal_matches_transformed_normal_and_integrates_to_one():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(5, 3, generator=g, dtype=torch.float64) * 0.98 + 0.01
@@ -82,6 +121,8 @@ def test_free_energy_is_eq_15_with_the_reference_flows(flow, K):
 
 @pytest.mark.parametrize("flow", tuple(flows.SPECS))
 def test_flows_start_near_identity(flow):
+    # seeded: with random initial weights Householder's deviation exceeded 0.05 in about 1 seed of 40
+    torch.manual_seed(0)
     m = DLGM(DLGMConfig(flow=flow, K=5, **SMALL)).double()
     z = torch.randn(6, 4, dtype=torch.float64)
     zK, ld = m.flow(z, m.flow_params(m.encode(_x())))
