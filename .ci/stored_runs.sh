@@ -226,6 +226,9 @@ case ${1:-} in
   studyB) study cont20k-lr1e-4 1e-4; study cont20k-lr3e-4-ema0.999 3e-4 --ema 0.999 ;;
   # Adam's fused step against the default one, paired (adopted only if they agree within 0.1 nats)
   studyC) study cont20k-lr3e-4-fused 3e-4 --fused ;;
+  # the closed-form Bernoulli likelihood (flowbook.models.bernoulli_log_likelihood: log, not torch's
+  # unvectorized log1p) against studyC's run, which had torch's binary cross-entropy; same rule
+  studyD) study cont20k-lr3e-4-fused-ll 3e-4 --fused ;;
   # Table 2's continuation stages: every row, those furthest above the paper first, balanced over
   # two processes (updates240k: 120 000 more updates; updates480k: 240 000 more, close to the paper's 500 000)
   stage240A) for r in planar:80 planar:20 planar:0 nice:20 nice:40; do stage "${r%:*}" "${r#*:}" updates120k 120000 updates240k || exit; done ;;
@@ -252,6 +255,6 @@ case ${1:-} in
              evaluate "mnist_stored_updates480k_$r" || exit; done ;;
   evalLater) for r in sylvester-t_K1 householder_K20 sylvester-h_K4 iaf_K25 sylvester-t_K4 sylvester-h_K16; do
                evaluate "mnist_stored_updates120k_$r" || exit; done ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|stage240A|stage240B|stage480A|stage480B|stage480 FLOW:K...|stage480nice80|pairsA|pairsB|laterA|laterB|eval480|evalLater" >&2
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|studyD|stage240A|stage240B|stage480A|stage480B|stage480 FLOW:K...|stage480nice80|pairsA|pairsB|laterA|laterB|eval480|evalLater" >&2
      exit 2 ;;
 esac
