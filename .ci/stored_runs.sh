@@ -134,6 +134,8 @@ superseded() {
 
 pairs_a() { superseded planar_K20; superseded planar_K80; }
 pairs_b() { superseded planar_K10; superseded planar_K40; }
+# the diagonal Gaussian's, for chapter 8's Householder row (whose posterior is a full-covariance Gaussian)
+pairs_diagonal() { superseded diagonal; }
 
 # NICE K = 80's 480k: its 240 000 more updates take about 3 one-thread hours, longer than a session, so it
 # gets there in two stages of 120 000 (each its own warm-up and cosine decay, each committed)
@@ -245,6 +247,7 @@ case ${1:-} in
   # one row of each family (laterA: Sylvester-H and IAF; laterB: Sylvester-T and Householder)
   pairsA) pairs_a ;;
   pairsB) pairs_b ;;
+  pairsDiagonal) pairs_diagonal ;;
   laterA) pairs_a; later sylvester-h 4 --flow-option units=8 --flow-option reflections=8
           later iaf 25 --flow-option hidden=64
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
@@ -255,6 +258,6 @@ case ${1:-} in
              evaluate "mnist_stored_updates480k_$r" || exit; done ;;
   evalLater) for r in sylvester-t_K1 householder_K20 sylvester-h_K4 iaf_K25 sylvester-t_K4 sylvester-h_K16; do
                evaluate "mnist_stored_updates120k_$r" || exit; done ;;
-  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|studyD|stage240A|stage240B|stage480A|stage480B|stage480 FLOW:K...|stage480nice80|pairsA|pairsB|laterA|laterB|eval480|evalLater" >&2
+  *) echo "usage: bash .ci/stored_runs.sh A|B|radial|radialA|radialB|cifarA|cifarB|evalA|evalB|evalRA|evalRB|longA|longB|maxout|studyA|studyB|studyC|studyD|stage240A|stage240B|stage480A|stage480B|stage480 FLOW:K...|stage480nice80|pairsA|pairsB|pairsDiagonal|laterA|laterB|eval480|evalLater" >&2
      exit 2 ;;
 esac
