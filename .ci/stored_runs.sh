@@ -134,8 +134,6 @@ superseded() {
 
 pairs_a() { superseded planar_K20; superseded planar_K80; }
 pairs_b() { superseded planar_K10; superseded planar_K40; }
-# the diagonal Gaussian's, for chapter 8's Householder row (whose posterior is a full-covariance Gaussian)
-pairs_diagonal() { superseded diagonal; }
 
 # NICE K = 80's 480k: its 240 000 more updates take about 3 one-thread hours, longer than a session, so it
 # gets there in two stages of 120 000 (each its own warm-up and cosine decay, each committed)
@@ -247,7 +245,8 @@ case ${1:-} in
   # one row of each family (laterA: Sylvester-H and IAF; laterB: Sylvester-T and Householder)
   pairsA) pairs_a ;;
   pairsB) pairs_b ;;
-  pairsDiagonal) pairs_diagonal ;;
+  # the diagonal Gaussian's, for chapter 8's Householder row (whose posterior is a full-covariance Gaussian)
+  pairsDiagonal) superseded diagonal ;;
   laterA) pairs_a; later sylvester-h 4 --flow-option units=8 --flow-option reflections=8
           later iaf 25 --flow-option hidden=64
           later sylvester-h 16 --flow-option units=8 --flow-option reflections=8 ;;
